@@ -1,0 +1,1 @@
+"""HTTP routes that are not about authentication itself."""

@@ -1,0 +1,26 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..errors import service_unavailable
+from ..redis import is_ready
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live")
+async def live() -> Response:
+    """The process is up. Never touches Redis, so a Redis outage does not restart the app."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", responses={503: {"description": "Redis did not answer in time"}})
+async def ready(request: Request) -> Response:
+    """Ready to serve: Redis answers PING within the configured timeout."""
+    state = request.app.state
+    if await is_ready(state.redis, state.settings.redis_timeout_seconds):
+        return JSONResponse({"status": "ok"})
+    return service_unavailable()

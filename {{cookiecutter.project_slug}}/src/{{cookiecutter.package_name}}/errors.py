@@ -1,0 +1,33 @@
+"""The service's error responses, in one place.
+
+Each function builds a new object per call: a module-level exception or response reused across
+requests would keep the last request's traceback (and with it its frames and data) alive.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+def service_unavailable() -> JSONResponse:
+    """503 for a Redis that does not answer in time; the client may retry shortly."""
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "Service temporarily unavailable"},
+        headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return service_unavailable()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map infrastructure failures to clear answers instead of a 500."""
+    for error in (RedisConnectionError, RedisTimeoutError, TimeoutError):
+        app.add_exception_handler(error, _redis_unavailable)

@@ -1,0 +1,115 @@
+"""Configuration, read once from the environment (prefix `APP_`) and from `.env`.
+
+Nothing here runs at import time: call `get_settings()` (or build `Settings(...)` in tests)
+and hand the result to `create_app`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .ratelimit import Rate
+
+MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "secret", "placeholder", "example")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; the README lists them with their meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+
+    redis_url: str = "redis://localhost:6379/0"
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    redis_max_connections: int = Field(default=64, ge=1)
+    redis_key_prefix: str = Field(default="{{ cookiecutter.project_slug }}", pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "{{ cookiecutter.jwt_algorithm }}"
+    jwt_secret: SecretStr | None = None
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
+    jwt_audience: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
+    access_token_ttl_seconds: int = Field(default={{ cookiecutter.access_token_ttl_seconds }}, gt=0)
+
+    session_idle_ttl_seconds: int = Field(default=1800, gt=0)
+    session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
+
+    rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("{{ cookiecutter.rate_limit }}")
+    login_rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("5/minute")
+    rate_limit_fail_open: bool = False
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+
+    users_file: Path = Path("data/users.json")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("rate_limit", "login_rate_limit", mode="before")
+    @classmethod
+    def _parse_rate(cls, value: object) -> object:
+        return Rate.from_string(value) if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        """Accept `10.0.0.0/8, 192.168.1.7` as well as a list."""
+        if isinstance(value, str):
+            return tuple(part for part in value.replace(",", " ").split() if part)
+        return value
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        if self.jwt_algorithm.startswith("HS"):
+            self._check_secret()
+        else:
+            self._check_key_files()
+        if self.session_idle_ttl_seconds > self.session_absolute_ttl_seconds:
+            raise ValueError(
+                "APP_SESSION_IDLE_TTL_SECONDS must not exceed APP_SESSION_ABSOLUTE_TTL_SECONDS"
+            )
+        return self
+
+    def _check_secret(self) -> None:
+        if self.jwt_secret is None or not self.jwt_secret.get_secret_value():
+            raise ValueError(
+                f"APP_JWT_SECRET is required for {self.jwt_algorithm}; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        if self.environment != "production":
+            return
+        secret = self.jwt_secret.get_secret_value()
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"APP_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
+                "production needs a long random secret"
+            )
+        if any(marker in secret.lower() for marker in PLACEHOLDER_MARKERS):
+            raise ValueError("APP_JWT_SECRET looks like a placeholder; production needs a real one")
+
+    def _check_key_files(self) -> None:
+        for name, path in (
+            ("APP_JWT_PRIVATE_KEY_FILE", self.jwt_private_key_file),
+            ("APP_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file),
+        ):
+            if path is None:
+                raise ValueError(f"{name} is required for {self.jwt_algorithm}")
+            if not path.is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once on first use."""
+    return Settings()

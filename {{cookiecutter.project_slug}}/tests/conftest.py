@@ -1,0 +1,114 @@
+"""Shared fixtures: a real Redis for the session, and apps built from test settings.
+
+Redis is `REDIS_URL` when set (use a database you can spare: tests write keys under a fresh
+prefix and remove them), otherwise a throwaway `redis-server` on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis import Redis
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .keys import write_key_pair
+from .redis_server import NO_REDIS, RedisServer
+
+TEST_REDIS_TIMEOUT_SECONDS = 0.25
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Redis every test talks to: REDIS_URL, or a throwaway server for this session."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        pytest.exit(NO_REDIS, returncode=4)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A key pair for RS256/ES256 made for this test session (the bake's keys are git-ignored)."""
+    folder = tmp_path_factory.mktemp("keys")
+    algorithm = Settings.model_fields["jwt_algorithm"].default
+    return write_key_pair(algorithm, folder)
+
+
+def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) -> Settings:
+    """Test settings: no `.env`, a fresh Redis key prefix, fresh secrets, short timeouts."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "redis_key_prefix": f"test-{secrets.token_hex(6)}",
+        "redis_timeout_seconds": TEST_REDIS_TIMEOUT_SECONDS,
+        "jwt_secret": secrets.token_urlsafe(48),
+        "jwt_private_key_file": key_files["private"],
+        "jwt_public_key_file": key_files["public"],
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def settings(redis_url: str, key_files: dict[str, Path]) -> Iterator[Settings]:
+    settings = make_settings(redis_url, key_files)
+    yield settings
+    delete_keys(redis_url, settings.redis_key_prefix)
+
+
+def delete_keys(redis_url: str, prefix: str) -> None:
+    """Remove what a test wrote, so a shared REDIS_URL is left as it was found."""
+    with Redis.from_url(redis_url) as redis:
+        for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+            redis.delete(key)
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process, with its lifespan (Redis pool) running."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for tests that pause, stop or restart it."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError:
+        pytest.skip(NO_REDIS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,107 @@
+"""A throwaway `redis-server` on a free loopback port, for tests that need a real Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+NO_REDIS = (
+    "These tests need a real Redis. Either set REDIS_URL "
+    "(e.g. REDIS_URL=redis://127.0.0.1:6379/15), "
+    "or install redis-server so the tests can start a throwaway one: "
+    "`sudo apt-get install redis-server` (Debian/Ubuntu), `brew install redis` (macOS), "
+    "or `docker compose up -d redis` and REDIS_URL=redis://:$REDIS_PASSWORD@127.0.0.1:6379/15."
+)
+START_TIMEOUT_SECONDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One `redis-server` process without persistence; it can be paused, stopped, restarted."""
+
+    def __init__(self, password: str | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError(NO_REDIS)
+        self.binary = binary
+        self.password = password
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+        ]  # fmt: skip
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        self.wait_until_ready()
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    reply = sock.recv(64)
+                if reply.startswith((b"+PONG", b"-NOAUTH")):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.resume()  # a stopped process cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, empty."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,96 @@
+"""The command line, run as a user runs it: `python -m {{ cookiecutter.package_name }} ...`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .redis_server import free_port
+
+START_TIMEOUT_SECONDS = 20
+
+
+def service_environment(redis_url: str, key_files: dict[str, Path], **extra: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
+    env.update(
+        APP_REDIS_URL=redis_url,
+        APP_JWT_SECRET="a-test-secret-of-more-than-thirty-two-bytes-0123456789",
+        APP_JWT_PRIVATE_KEY_FILE=str(key_files["private"]),
+        APP_JWT_PUBLIC_KEY_FILE=str(key_files["public"]),
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for(url: str, process: subprocess.Popen[str]) -> httpx.Response:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the service exited early with {process.returncode}")
+        try:
+            return httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"no answer from {url}")
+
+
+@pytest.fixture
+def service(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
+        env=service_environment(redis_url, key_files),
+        cwd=tmp_path,  # no .env there: configuration comes from the environment only
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm(
+    service: tuple[subprocess.Popen[str], str],
+) -> None:
+    """`serve` answers the probes, and SIGTERM ends it with status 0 and no traceback."""
+    process, base_url = service
+    assert wait_for(f"{base_url}/health/live", process).status_code == 200
+    assert httpx.get(f"{base_url}/health/ready", timeout=5).status_code == 200
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=15)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+
+
+def test_serve_refuses_bad_settings_with_one_line_per_problem(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A malformed setting stops `serve` before it binds, naming the variable."""
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
+        env=service_environment(redis_url, key_files, APP_RATE_LIMIT="often"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: APP_RATE_LIMIT: 'often' is not a rate; use N/second, N/minute or N/hour "
+        "(e.g. 100/minute)"
+    ]

@@ -1,0 +1,162 @@
+"""Settings: what the service accepts at startup, and what it refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from {{ cookiecutter.package_name }}.cli import describe
+from {{ cookiecutter.package_name }}.ratelimit import Rate
+from {{ cookiecutter.package_name }}.settings import Settings
+
+STRONG_SECRET = "q7Vt0cPz4nRk2mWb9sXe6yHa1uLj5fGd8oTi3vBn0Kw"
+
+
+Build = Callable[..., Settings]
+
+
+@pytest.fixture
+def build(key_files: dict[str, Path]) -> Build:
+    """Settings from explicit values only, with a strong secret and the session's key pair."""
+
+    def build(**values: Any) -> Settings:
+        values.setdefault("jwt_secret", STRONG_SECRET)
+        values.setdefault("jwt_private_key_file", key_files["private"])
+        values.setdefault("jwt_public_key_file", key_files["public"])
+        return Settings(_env_file=None, **values)
+
+    return build
+
+
+def test_defaults_match_the_documented_table(build: Build) -> None:
+    """It starts from the defaults the README documents."""
+    settings = build()
+    assert settings.environment == "development"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.redis_timeout_seconds == 0.5
+    assert settings.jwt_algorithm == "{{ cookiecutter.jwt_algorithm }}"
+    assert settings.jwt_issuer == settings.jwt_audience == "{{ cookiecutter.project_slug }}"
+    assert settings.access_token_ttl_seconds == {{ cookiecutter.access_token_ttl_seconds }}
+    assert settings.session_idle_ttl_seconds == 1800
+    assert settings.session_absolute_ttl_seconds == 86400
+    assert settings.rate_limit == Rate.from_string("{{ cookiecutter.rate_limit }}")
+    assert settings.login_rate_limit == Rate(limit=5, period_seconds=60)
+    assert settings.rate_limit_fail_open is False
+    assert settings.trusted_proxies == ()
+    assert settings.users_file == Path("data/users.json")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_reads_the_environment_with_the_app_prefix(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It reads APP_* variables, including comma-separated proxies and rates."""
+    monkeypatch.setenv("APP_RATE_LIMIT", "7/second")
+    monkeypatch.setenv("APP_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7")
+    monkeypatch.setenv("APP_REDIS_TIMEOUT_SECONDS", "1.5")
+    settings = build()
+    assert settings.rate_limit == Rate(limit=7, period_seconds=1)
+    networks = [str(network) for network in settings.trusted_proxies]
+    assert networks == ["10.0.0.0/8", "192.168.1.7/32"]
+    assert settings.redis_timeout_seconds == 1.5
+
+
+def test_reads_dot_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key_files: dict[str, Path]
+) -> None:
+    """It reads `.env` in the working directory, as a fresh checkout would."""
+    (tmp_path / ".env").write_text(
+        f"APP_JWT_SECRET={STRONG_SECRET}\n"
+        f"APP_JWT_PRIVATE_KEY_FILE={key_files['private']}\n"
+        f"APP_JWT_PUBLIC_KEY_FILE={key_files['public']}\n"
+        "APP_PORT=9001\n"
+        "UNRELATED=1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.port == 9001
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == STRONG_SECRET
+
+
+def test_the_secret_never_appears_in_its_repr(build: Build) -> None:
+    """A logged settings object does not reveal the signing secret."""
+    assert STRONG_SECRET not in repr(build())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rate_limit": "100/min"}, "is not a rate"),
+        ({"login_rate_limit": "0/minute"}, "is not a rate"),
+        ({"redis_timeout_seconds": 0}, "greater than 0"),
+        ({"trusted_proxies": "10.0.0.0/33"}, "trusted_proxies"),
+        ({"port": 70000}, "less than or equal to 65535"),
+        ({"session_idle_ttl_seconds": 90000}, "must not exceed"),
+        ({"environment": "staging"}, "environment"),
+    ],
+)
+def test_refuses_bad_values_with_a_clear_message(
+    build: Build, values: dict[str, Any], message: str
+) -> None:
+    """A malformed setting stops startup with a message that names it."""
+    with pytest.raises(ValidationError, match=message):
+        build(**values)
+
+
+{% if cookiecutter.jwt_algorithm.startswith("HS") -%}
+def test_a_secret_is_required(build: Build) -> None:
+    """HS256 without a secret does not start, in any environment."""
+    with pytest.raises(ValidationError, match="APP_JWT_SECRET is required"):
+        build(jwt_secret="")
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ("short-but-random-Zx81", "shorter than 32 bytes"),
+        ("change-me-to-a-long-random-secret-value-please", "placeholder"),
+    ],
+)
+def test_production_refuses_weak_secrets(build: Build, secret: str, message: str) -> None:
+    """Production refuses a short or placeholder secret; development allows it."""
+    with pytest.raises(ValidationError, match=message):
+        build(environment="production", jwt_secret=secret)
+    assert build(environment="development", jwt_secret=secret).environment == "development"
+
+
+def test_production_accepts_a_strong_secret(build: Build) -> None:
+    assert build(environment="production").environment == "production"
+{%- else -%}
+def test_key_files_are_required(build: Build, tmp_path: Path) -> None:
+    """{{ cookiecutter.jwt_algorithm }} does not start without both key files."""
+    with pytest.raises(ValidationError, match="APP_JWT_PRIVATE_KEY_FILE is required"):
+        build(jwt_private_key_file=None)
+    with pytest.raises(ValidationError, match="is not a readable file"):
+        build(
+            jwt_private_key_file=tmp_path / "missing.pem",
+            jwt_public_key_file=tmp_path / "missing.pub.pem",
+        )
+{%- endif %}
+
+
+def test_errors_are_described_by_variable_name_without_values(build: Build) -> None:
+    """The CLI reports `APP_<NAME>: problem` and never echoes the offending value."""
+    with pytest.raises(ValidationError) as caught:
+        build(rate_limit="lots", jwt_secret=STRONG_SECRET)
+    text = describe(caught.value)
+    assert text.startswith("error: APP_RATE_LIMIT:")
+    assert STRONG_SECRET not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("1/second", Rate(1, 1)), ("100/minute", Rate(100, 60)), ("5000/hour", Rate(5000, 3600))],
+)
+def test_rates_parse_and_print_back(text: str, rate: Rate) -> None:
+    assert Rate.from_string(text) == rate
+    assert str(rate) == text
