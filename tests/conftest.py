@@ -1,0 +1,21 @@
+"""Fixtures shared by the template's tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .baking import BAKE_VENV, bake, clean_environment, run
+
+
+@pytest.fixture(scope="session")
+def bake_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtualenv with the generated project's runtime and dev dependencies.
+
+    It is made with the generated Makefile's own `install` target (as a user would), from a
+    default bake; later bakes are installed into it with `--no-deps` before their suites run.
+    """
+    project = bake(tmp_path_factory.mktemp("venv-bake"))
+    run(["make", "install", f"VENV={BAKE_VENV}"], cwd=project, env=clean_environment())
+    return BAKE_VENV

@@ -1,0 +1,149 @@
+"""Dockerfile, compose file and CI files of the generated project, checked with real tools.
+
+No Docker engine is needed: `docker-compose config` validates and interpolates the compose file
+(with the bake's `.env`), hadolint lints the Dockerfile, and the CI files are parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .baking import TOOLS_DIR, bake, clean_environment, run
+
+
+def compose_config(project: Path) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it (variables filled from `.env`)."""
+    docker_compose = shutil.which("docker-compose")
+    assert docker_compose is not None, "docker-compose is missing; `make test` installs it with apt"
+    result = run([docker_compose, "config"], cwd=project, env=clean_environment())
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def dotenv(project: Path) -> dict[str, str]:
+    lines = (project / ".env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+@pytest.fixture(scope="module", params=["HS256", "ES256"])
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bake(tmp_path_factory.mktemp("deploy"), jwt_algorithm=request.param)
+
+
+def test_compose_runs_the_app_after_a_healthy_password_protected_redis(project: Path) -> None:
+    config = compose_config(project)
+    app, redis = config["services"]["app"], config["services"]["redis"]
+    password = dotenv(project)["REDIS_PASSWORD"]
+
+    assert app["build"]["context"] == str(project)
+    assert app["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert app["environment"]["APP_REDIS_URL"] == f"redis://:{password}@redis:6379/0"
+    assert app["environment"]["APP_HOST"] == "0.0.0.0"  # inside the container only
+    assert app["environment"]["APP_USERS_FILE"].startswith("/data/")
+
+    assert redis["command"][:3] == ["redis-server", "--requirepass", password]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # the healthcheck authenticates
+    assert "--save" in redis["command"]
+    assert "--appendonly" in redis["command"]
+
+
+def test_compose_publishes_only_on_loopback(project: Path) -> None:
+    config = compose_config(project)
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
+            assert published.startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_compose_keeps_users_on_a_named_volume_and_mounts_keys_read_only(project: Path) -> None:
+    config = compose_config(project)
+    app = config["services"]["app"]
+    volumes = [str(volume) for volume in app["volumes"]]
+    assert "users" in config["volumes"]
+    assert any(volume.startswith("users:/data") for volume in volumes), volumes
+    has_keys = (project / "keys").is_dir()
+    assert any("/app/keys:ro" in volume for volume in volumes) == has_keys
+
+
+def test_compose_refuses_to_start_without_the_redis_password(project: Path) -> None:
+    """Without .env, docker-compose stops with a message naming REDIS_PASSWORD."""
+    (project / ".env").rename(project / ".env.saved")
+    try:
+        docker_compose = shutil.which("docker-compose")
+        assert docker_compose is not None
+        result = subprocess.run(
+            [docker_compose, "config"], cwd=project, env=clean_environment(),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode != 0
+        assert "set REDIS_PASSWORD in .env" in result.stderr
+    finally:
+        (project / ".env.saved").rename(project / ".env")
+
+
+def dockerfile_instructions(project: Path) -> list[tuple[str, str]]:
+    text = (project / "Dockerfile").read_text().replace("\\\n", " ")
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, rest = line.partition(" ")
+            pairs.append((instruction.upper(), rest.strip()))
+    return pairs
+
+
+def test_dockerfile_passes_hadolint(project: Path) -> None:
+    run([TOOLS_DIR / "hadolint", "Dockerfile"], cwd=project)
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_liveness_healthcheck(project: Path) -> None:
+    instructions = dockerfile_instructions(project)
+    stages = [rest for name, rest in instructions if name == "FROM"]
+    assert len(stages) == 2
+    users = [rest for name, rest in instructions if name == "USER"]
+    assert users and users[-1] not in {"root", "0"}
+    healthchecks = [rest for name, rest in instructions if name == "HEALTHCHECK"]
+    assert len(healthchecks) == 1 and "/health/live" in healthchecks[0]
+    command = json.loads(next(rest for name, rest in reversed(instructions) if name == "CMD"))
+    package = json.loads((project / ".cookiecutter.json").read_text())["package_name"]
+    assert command == ["python", "-m", package, "serve"]
+
+
+def test_nothing_secret_is_sent_to_the_docker_build(project: Path) -> None:
+    ignored = (project / ".dockerignore").read_text().splitlines()
+    assert {".env", "keys/"} <= set(ignored)
+    copied = [rest for name, rest in dockerfile_instructions(project) if name in {"COPY", "ADD"}]
+    assert not any(".env" in rest or "keys" in rest for rest in copied)
+
+
+def test_github_workflow_runs_lint_types_tests_and_audit_with_redis(tmp_path: Path) -> None:
+    project = bake(tmp_path, ci="github")
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    job = workflow["jobs"]["test"]
+    assert job["services"]["redis"]["image"].startswith("redis:")
+    assert "redis-cli ping" in job["services"]["redis"]["options"]
+    assert job["env"]["REDIS_URL"].startswith("redis://localhost:6379")
+    commands = [step.get("run", "") for step in job["steps"]]
+    for expected in ("make install", "make lint", "make test", "make audit"):
+        assert expected in commands
+    python = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "3.11"
+
+
+def test_gitlab_pipeline_runs_lint_types_tests_and_audit_with_redis(tmp_path: Path) -> None:
+    project = bake(tmp_path, ci="gitlab", python_version="3.12")
+    pipeline = yaml.safe_load((project / ".gitlab-ci.yml").read_text())
+    job = pipeline["test"]
+    assert job["image"] == "python:3.12-slim"
+    assert job["services"][0]["name"].startswith("redis:")
+    assert job["variables"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert "make install" in job["before_script"]
+    assert job["script"] == ["make lint", "make test", "make audit"]
