@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SYSTEM_TOOLS := redis-server docker-compose openssl
 APT_PACKAGES := redis-server docker-compose openssl
 
-.PHONY: test system-tools venv bake clean
+.PHONY: test system-tools venv bake clean lint
 
 test: system-tools venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -34,3 +34,8 @@ bake: venv
 
 clean:
 	rm -rf $(VENV) .venv-bake build .pytest_cache
+
+lint: venv
+	$(BIN)/python -m pip install --quiet "ruff>=0.8"
+	$(BIN)/ruff check hooks tests
+	$(BIN)/ruff format --check hooks tests

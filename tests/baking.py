@@ -69,7 +69,8 @@ def clean_environment(**extra: str) -> dict[str, str]:
 def load_generated_module(project: Path, relative_path: str, name: str) -> ModuleType:
     """Import one plain module of a baked project (e.g. its throwaway-Redis helper)."""
     spec = importlib.util.spec_from_file_location(name, project / relative_path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -77,5 +78,8 @@ def load_generated_module(project: Path, relative_path: str, name: str) -> Modul
 
 def install_into(venv: Path, project: Path) -> None:
     """Make `venv` import this bake's package (its dependencies are already there)."""
-    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "-e", project],
-        cwd=project, env=clean_environment())
+    run(
+        [venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "-e", project],
+        cwd=project,
+        env=clean_environment(),
+    )

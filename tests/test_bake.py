@@ -74,8 +74,18 @@ def test_bake_is_complete_and_free_of_template_syntax(baked: tuple[dict[str, str
     ]
     assert leftovers == []
     package = recorded["package_name"]
-    for expected in ("pyproject.toml", "README.md", "Dockerfile", "compose.yaml", "Makefile",
-                     ".gitignore", ".env", ".env.example", "LICENSE", f"src/{package}/main.py"):
+    for expected in (
+        "pyproject.toml",
+        "README.md",
+        "Dockerfile",
+        "compose.yaml",
+        "Makefile",
+        ".gitignore",
+        ".env",
+        ".env.example",
+        "LICENSE",
+        f"src/{package}/main.py",
+    ):
         assert (project / expected).is_file(), expected
 
 
@@ -86,7 +96,11 @@ def test_only_the_chosen_options_remain(baked: tuple[dict[str, str], Path]) -> N
     assert (project / ".gitlab-ci.yml").exists() == (ci == "gitlab")
     assert not (project / "licenses").exists()
     license_text = (project / "LICENSE").read_text()
-    expected = {"MIT": "MIT License", "Apache-2.0": "Apache License", "Proprietary": "All rights reserved"}
+    expected = {
+        "MIT": "MIT License",
+        "Apache-2.0": "Apache License",
+        "Proprietary": "All rights reserved",
+    }
     assert expected[answers.get("license", "MIT")] in license_text
     asymmetric = answers.get("jwt_algorithm", "HS256") != "HS256"
     assert (project / "keys" / "jwt-private.pem").exists() == asymmetric
@@ -112,7 +126,9 @@ def test_bad_answers_fail_the_hook(tmp_path: Path, answers: dict[str, str], mess
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(("answers", "message"), UNSUPPORTED[:3], ids=[m for _, m in UNSUPPORTED[:3]])
+@pytest.mark.parametrize(
+    ("answers", "message"), UNSUPPORTED[:3], ids=[m for _, m in UNSUPPORTED[:3]]
+)
 def test_the_cli_prints_one_line_naming_the_field(
     tmp_path: Path, answers: dict[str, str], message: str
 ) -> None:
@@ -132,7 +148,9 @@ def test_the_cli_prints_one_line_naming_the_field(
 @pytest.mark.parametrize(
     ("field", "value"), [("jwt_algorithm", "none"), ("ci", "jenkins"), ("python_version", "3.9")]
 )
-def test_an_unknown_choice_is_refused_before_any_hook(tmp_path: Path, field: str, value: str) -> None:
+def test_an_unknown_choice_is_refused_before_any_hook(
+    tmp_path: Path, field: str, value: str
+) -> None:
     """Cookiecutter itself refuses a value outside a choice list, naming the field and choices."""
     with pytest.raises(ValueError, match=f"{value} provided for choice variable {field}"):
         bake(tmp_path, **{field: value})
@@ -143,8 +161,11 @@ def test_two_bakes_never_share_a_secret(tmp_path: Path) -> None:
     first = bake(tmp_path / "one")
     second = bake(tmp_path / "two")
     secrets_of = [
-        {line.split("=", 1)[1] for line in (p / ".env").read_text().splitlines() if "=" in line
-         and ("SECRET" in line or "PASSWORD" in line)}
+        {
+            line.split("=", 1)[1]
+            for line in (p / ".env").read_text().splitlines()
+            if "=" in line and ("SECRET" in line or "PASSWORD" in line)
+        }
         for p in (first, second)
     ]
     assert len(secrets_of[0]) == 2
@@ -161,14 +182,28 @@ def test_two_key_pair_bakes_never_share_a_key(tmp_path: Path) -> None:
 
 def test_the_command_line_bake_works_offline_with_defaults(tmp_path: Path) -> None:
     """`cookiecutter --no-input <template>` works as the README says (no network is used)."""
-    run([TOOLS_DIR / "cookiecutter", "--no-input", TEMPLATE_DIR, "--output-dir", tmp_path],
-        cwd=tmp_path, env=clean_environment())
+    run(
+        [TOOLS_DIR / "cookiecutter", "--no-input", TEMPLATE_DIR, "--output-dir", tmp_path],
+        cwd=tmp_path,
+        env=clean_environment(),
+    )
     assert (tmp_path / "auth-service" / "src" / "auth_service" / "main.py").is_file()
 
 
 def test_secrets_are_never_printed(tmp_path: Path) -> None:
-    result = run([sys.executable, "-m", "cookiecutter", "--no-input", TEMPLATE_DIR,
-                  "--output-dir", tmp_path], cwd=tmp_path, env=clean_environment())
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            TEMPLATE_DIR,
+            "--output-dir",
+            tmp_path,
+        ],
+        cwd=tmp_path,
+        env=clean_environment(),
+    )
     env_text = (tmp_path / "auth-service" / ".env").read_text()
     for line in env_text.splitlines():
         if line.startswith(("APP_JWT_SECRET=", "REDIS_PASSWORD=")):

@@ -8,6 +8,7 @@ of finding Redis are exercised. A skipped test counts as a failure here.
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def test_generated_suite_passes_with_a_throwaway_redis(
     project = bake(tmp_path, jwt_algorithm=algorithm)
     env = clean_environment()
     run(["make", "install", f"VENV={bake_venv}"], cwd=project, env=env)
-    result = run(["make", "test", f"VENV={bake_venv}", "ARGS=-p no:cacheprovider"], cwd=project, env=env)
+    result = run(
+        ["make", "test", f"VENV={bake_venv}", "ARGS=-p no:cacheprovider"], cwd=project, env=env
+    )
     print(f"{algorithm}: {assert_only_passes(result.stdout)}")
 
 
@@ -64,3 +67,37 @@ def test_generated_suite_passes_with_redis_url(
         env=clean_environment(REDIS_URL=shared_redis),
     )
     print(f"RS256 with REDIS_URL: {assert_only_passes(result.stdout)}")
+
+
+def test_without_any_redis_the_suite_stops_with_one_clear_message(
+    tmp_path: Path, bake_venv: Path
+) -> None:
+    """No REDIS_URL and no redis-server on PATH: one message saying how to get a Redis."""
+    project = bake(tmp_path)
+    install_into(bake_venv, project)
+    env = clean_environment(PATH=str(bake_venv / "bin"))  # python, but no redis-server
+    result = subprocess.run(
+        [
+            str(bake_venv / "bin" / "python"),
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_health.py",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 4, result.stdout[-2000:]
+    assert result.stdout.count("These tests need a real Redis") == 1
+    for advice in (
+        "REDIS_URL",
+        "apt-get install redis-server",
+        "brew install redis",
+        "docker compose up -d redis",
+    ):
+        assert advice in result.stdout

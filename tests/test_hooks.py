@@ -16,7 +16,9 @@ from hooks import pre_gen_project as pre
 
 DEFAULTS = {
     key: value[0] if isinstance(value, list) else value
-    for key, value in json.loads((Path(__file__).parent.parent / "cookiecutter.json").read_text()).items()
+    for key, value in json.loads(
+        (Path(__file__).parent.parent / "cookiecutter.json").read_text()
+    ).items()
     if not key.startswith("_")
 }
 DEFAULTS.update(project_slug="auth-service", package_name="auth_service")
@@ -31,8 +33,16 @@ def test_the_default_answers_are_valid() -> None:
     [
         ("project_name", "", "project_name: must not be empty"),
         ("project_name", 'Say "hi"', "project_name: 'Say \"hi\"' contains a quote"),
-        ("project_slug", "Auth Service", "project_slug: 'Auth Service' is not a valid distribution"),
-        ("project_slug", "auth--service", "project_slug: 'auth--service' is not a valid distribution"),
+        (
+            "project_slug",
+            "Auth Service",
+            "project_slug: 'Auth Service' is not a valid distribution",
+        ),
+        (
+            "project_slug",
+            "auth--service",
+            "project_slug: 'auth--service' is not a valid distribution",
+        ),
         ("project_slug", "9lives", "project_slug: '9lives' is not a valid distribution"),
         ("package_name", "auth-service", "package_name: 'auth-service' is not a Python identifier"),
         ("package_name", "2fa", "package_name: '2fa' is not a Python identifier"),
@@ -47,7 +57,11 @@ def test_the_default_answers_are_valid() -> None:
         ("access_token_ttl_seconds", "0", "access_token_ttl_seconds: '0' is not a positive"),
         ("access_token_ttl_seconds", "-5", "access_token_ttl_seconds: '-5' is not a positive"),
         ("access_token_ttl_seconds", "15m", "access_token_ttl_seconds: '15m' is not a positive"),
-        ("access_token_ttl_seconds", "604800", "access_token_ttl_seconds: 604800 is more than a day"),
+        (
+            "access_token_ttl_seconds",
+            "604800",
+            "access_token_ttl_seconds: 604800 is more than a day",
+        ),
         ("rate_limit", "100/min", "rate_limit: '100/min' is not a rate; use N/second"),
         ("rate_limit", "0/minute", "rate_limit: '0/minute' is not a rate"),
         ("rate_limit", "100", "rate_limit: '100' is not a rate"),
@@ -66,12 +80,17 @@ def test_a_bad_answer_is_named_with_what_is_accepted(field: str, value: str, mes
 
 def test_a_missing_answer_is_named() -> None:
     answers = {key: value for key, value in DEFAULTS.items() if key != "rate_limit"}
-    with pytest.raises(pre.InvalidAnswer, match="^rate_limit: is missing"):
+    with pytest.raises(pre.InvalidAnswer, match=r"^rate_limit: is missing"):
         pre.validate(answers)
 
 
 def test_public_answers_drop_private_keys_but_keep_the_template() -> None:
-    context = {"project_slug": "x", "_output_dir": "/home/me", "_template": "gh:org/t", "__prompts__": {}}
+    context = {
+        "project_slug": "x",
+        "_output_dir": "/home/me",
+        "_template": "gh:org/t",
+        "__prompts__": {},
+    }
     assert post.public_answers(context) == {"project_slug": "x", "_template": "gh:org/t"}
 
 
@@ -113,7 +132,8 @@ def test_write_secrets(tmp_path: Path, algorithm: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "key_class"), [("RS256", rsa.RSAPrivateKey), ("ES256", ec.EllipticCurvePrivateKey)]
+    ("algorithm", "key_class"),
+    [("RS256", rsa.RSAPrivateKey), ("ES256", ec.EllipticCurvePrivateKey)],
 )
 @pytest.mark.parametrize("maker", [post.key_pair_with_cryptography, post.key_pair_with_openssl])
 def test_both_key_makers_produce_matching_pem_pairs(
@@ -136,7 +156,9 @@ def test_without_any_key_maker_the_bake_stops_with_one_clear_line(
 
     monkeypatch.setattr(post, "key_pair_with_cryptography", no_cryptography)
     monkeypatch.setattr(post.shutil, "which", lambda name: None)
-    with pytest.raises(post.HookError, match="^jwt_algorithm: ES256 needs a key pair.*choose HS256$"):
+    with pytest.raises(
+        post.HookError, match=r"^jwt_algorithm: ES256 needs a key pair.*choose HS256$"
+    ):
         post.new_key_pair("ES256")
 
 
