@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from .keys import write_key_pair
 from .redis_server import NO_REDIS, RedisServer
 
 TEST_REDIS_TIMEOUT_SECONDS = 0.25
+# The cheapest argon2 parameters: tests check behaviour, not hashing cost.
+CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 8, "argon2_parallelism": 1}
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +69,15 @@ def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) 
         "jwt_secret": secrets.token_urlsafe(48),
         "jwt_private_key_file": key_files["private"],
         "jwt_public_key_file": key_files["public"],
+        **CHEAP_ARGON2,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
-def settings(redis_url: str, key_files: dict[str, Path]) -> Iterator[Settings]:
-    settings = make_settings(redis_url, key_files)
+def settings(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Settings]:
+    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
     yield settings
     delete_keys(redis_url, settings.redis_key_prefix)
 
@@ -90,14 +94,27 @@ def app(settings: Settings) -> FastAPI:
     return create_app(settings)
 
 
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process, with its lifespan (Redis pool) running."""
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to `app` in-process, with its lifespan (Redis pool) running."""
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
     ):
         yield client
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as client:
+        yield client
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    """A plain client for looking at what the service wrote."""
+    with Redis.from_url(redis_url, decode_responses=True) as redis:
+        yield redis
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,8 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
+from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
 from .settings import Settings, get_settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -57,9 +60,60 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_password() -> str | None:
+    """The new password: typed twice at a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            print("error: create-user: the passwords do not match", file=sys.stderr)
+            return None
+        return password
+    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+
+def password_problem(password: str) -> str | None:
+    if not password:
+        return "the password is empty (write it to stdin, e.g. from a secret manager)"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"the password is shorter than {MIN_PASSWORD_LENGTH} characters"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"the password is longer than {MAX_PASSWORD_LENGTH} characters"
+    return None
+
+
 def create_user(args: argparse.Namespace) -> int:
-    print("error: create-user: the user store is not wired in yet", file=sys.stderr)
-    return 1
+    """Add a user to the file store, or update the password and scopes of an existing one."""
+    name: str = args.name
+    scopes = frozenset(args.scopes.split())
+    if not USERNAME_PATTERN.fullmatch(name):
+        print(
+            f"error: create-user: {name!r} is not a valid user name; use 1 to 64 of "
+            "A-Z a-z 0-9 _ . @ -",
+            file=sys.stderr,
+        )
+        return 2
+    bad_scopes = sorted(scope for scope in scopes if not SCOPE_PATTERN.fullmatch(scope))
+    if bad_scopes:
+        print(
+            f"error: create-user: {bad_scopes[0]!r} is not a valid scope; use printable ASCII "
+            "without quotes or backslashes, at most 64 characters",
+            file=sys.stderr,
+        )
+        return 2
+    settings = load_settings()
+    password = read_password()
+    if password is None:
+        return 2
+    problem = password_problem(password)
+    if problem is not None:
+        print(f"error: create-user: {problem}", file=sys.stderr)
+        return 2
+    user = User(name=name, password_hash=password_hasher(settings).hash(password), scopes=scopes)
+    created = FileUserStore(settings.users_file).put(user)
+    action = "created" if created else "updated the password and scopes of"
+    listed = " ".join(sorted(scopes)) or "(none)"
+    print(f"{action} user {name} in {settings.users_file}; scopes: {listed}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

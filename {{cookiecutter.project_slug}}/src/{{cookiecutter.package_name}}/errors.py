@@ -6,12 +6,42 @@ requests would keep the last request's traceback (and with it its frames and dat
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from collections.abc import Iterable
+
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+def invalid_token() -> HTTPException:
+    """401 for any token problem (RFC 6750). The detail never says which check failed."""
+    return HTTPException(
+        status_code=401,
+        detail="Invalid or expired token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def login_failed() -> HTTPException:
+    """401 for a failed login; an unknown user and a wrong password get this same answer."""
+    return HTTPException(
+        status_code=401,
+        detail="Incorrect username or password",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def insufficient_scope(scopes: Iterable[str]) -> HTTPException:
+    """403: the token is good but lacks a scope the route needs (RFC 6750, section 3.1)."""
+    needed = " ".join(sorted(scopes))
+    return HTTPException(
+        status_code=403,
+        detail="Insufficient scope",
+        headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
+    )
 
 
 def service_unavailable() -> JSONResponse:

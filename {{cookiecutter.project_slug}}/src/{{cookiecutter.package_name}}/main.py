@@ -7,14 +7,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .api import health
+from .api import health, me
+from .auth import routes as auth_routes
+from .auth.passwords import PasswordChecker, password_hasher
+from .auth.sessions import SessionStore
+from .auth.tokens import create_token_pair
+from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
 from .redis import create_redis
 from .settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, users: UserStore | None = None) -> FastAPI:
     """Build the app; the Redis pool opens when it starts and closes when it stops.
+
+    Keys are read and the dummy password hash is made here, once. `users` replaces the
+    file-backed user store (see `UserStore`).
 
     `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory` works too (settings then
     come from the environment and `.env`).
@@ -25,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
         app.state.redis = redis
+        app.state.sessions = SessionStore(redis, settings)
         try:
             yield
         finally:
@@ -32,6 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings
+    app.state.token_issuer, app.state.token_verifier = create_token_pair(settings)
+    app.state.password_checker = PasswordChecker(password_hasher(settings))
+    app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth_routes.router)
+    app.include_router(me.router)
     return app

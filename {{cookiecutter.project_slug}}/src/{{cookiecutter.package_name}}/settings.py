@@ -46,6 +46,14 @@ class Settings(BaseSettings):
 
     session_idle_ttl_seconds: int = Field(default=1800, gt=0)
     session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
+    # Logging in beyond this many live sessions ends the user's oldest ones.
+    max_sessions_per_user: int = Field(default=20, ge=1, le=1000)
+
+    # argon2id cost of a password hash: iterations, memory in KiB (64 MiB), lanes. The defaults
+    # are argon2-cffi's (RFC 9106, low-memory profile); tests lower them for speed.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
 
     rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("{{ cookiecutter.rate_limit }}")
     login_rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("5/minute")
@@ -79,6 +87,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APP_SESSION_IDLE_TTL_SECONDS must not exceed APP_SESSION_ABSOLUTE_TTL_SECONDS"
             )
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
+            raise ValueError("APP_ARGON2_MEMORY_KIB must be at least 8 x APP_ARGON2_PARALLELISM")
         return self
 
     def _check_secret(self) -> None:

@@ -1,0 +1,82 @@
+"""`/auth/token`, `/auth/refresh`, `/auth/logout`, `/auth/logout-all`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Request, Response
+from pydantic import BaseModel, Field
+
+from .. import errors
+from .dependencies import CurrentPrincipal
+from .passwords import MAX_PASSWORD_LENGTH
+from .sessions import Session
+from .tokens import MAX_TOKEN_BYTES
+from .users import USERNAME_PATTERN
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+MAX_USERNAME_INPUT = 256  # longer than any valid name, so a too-long one is "unknown", not 422
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "Bad credentials or token"}}
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a token type, not a password)
+    expires_in: int  # seconds until the access token expires
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(max_length=MAX_TOKEN_BYTES)
+
+
+def token_pair(request: Request, session: Session) -> TokenPair:
+    access = request.app.state.token_issuer.issue(session.sub, session.sid, session.scopes)
+    return TokenPair(
+        access_token=access.token,
+        refresh_token=session.refresh_token,
+        expires_in=access.expires_in,
+    )
+
+
+@router.post("/token", responses=UNAUTHORIZED)
+async def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=MAX_USERNAME_INPUT)],
+    password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
+) -> TokenPair:
+    """OAuth2 password flow: a user name and password for an access and a refresh token.
+
+    An unknown user and a wrong password take the same path, the same time and the same 401.
+    """
+    state = request.app.state
+    user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
+    password_hash = None if user is None else user.password_hash
+    if not await state.password_checker.check(password_hash, password) or user is None:
+        raise errors.login_failed()
+    session = await state.sessions.create(user.name, user.scopes)
+    return token_pair(request, session)
+
+
+@router.post("/refresh", responses=UNAUTHORIZED)
+async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
+    """A new token pair for a refresh token, which is now spent: using it again ends the session."""
+    session = await request.app.state.sessions.rotate_refresh(body.refresh_token)
+    if session is None:
+        raise errors.invalid_token()
+    return token_pair(request, session)
+
+
+@router.post("/logout", status_code=204, responses=UNAUTHORIZED)
+async def logout(request: Request, principal: CurrentPrincipal) -> Response:
+    """End this session: its access and refresh tokens stop working on the next request."""
+    await request.app.state.sessions.revoke(principal.sub, principal.sid)
+    return Response(status_code=204)
+
+
+@router.post("/logout-all", status_code=204, responses=UNAUTHORIZED)
+async def logout_all(request: Request, principal: CurrentPrincipal) -> Response:
+    """End every session of this user, in every process, on the next request."""
+    await request.app.state.sessions.revoke_all(principal.sub)
+    return Response(status_code=204)

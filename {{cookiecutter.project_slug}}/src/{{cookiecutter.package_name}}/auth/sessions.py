@@ -1,0 +1,172 @@
+"""Sessions in Redis: what makes a stateless access token revocable.
+
+A login opens a session; every access token names it (`sid`), and every request checks that it
+is still alive, so logging out takes effect at once in every process. Keys (prefix `p`,
+`{sub}` being the Redis Cluster hash tag, so one script may touch all of a user's keys):
+
+    p:{sub}:sess:<sid>   hash: scopes, created_ms, abs_exp_ms, refresh (SHA-256), rotations
+                         TTL: min(idle TTL, absolute expiry - now), slid on use
+    p:{sub}:sessions     sorted set: sid -> absolute expiry (ms); pruned and capped at login,
+                         TTL: its latest member's expiry
+
+Time is Redis's own (`TIME` inside the scripts), so app servers with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from .. import scripts
+from ..settings import Settings
+from .users import USERNAME_PATTERN
+
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 bits
+REFRESH_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): 256 bits
+BASE64URL_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,88}")  # a user name (<= 64 bytes), encoded
+MAX_REFRESH_TOKEN_LENGTH = 160  # the longest well-formed token, with room to spare
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A live session and the refresh token that continues it (shown to the client once)."""
+
+    sub: str
+    sid: str
+    scopes: frozenset[str]
+    refresh_token: str
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def new_refresh_token(sub: str, sid: str) -> str:
+    """`<base64url(sub)>.<sid>.<secret>`: the token itself says which session it continues."""
+    encoded_sub = base64.urlsafe_b64encode(sub.encode()).decode().rstrip("=")
+    return f"{encoded_sub}.{sid}.{secrets.token_urlsafe(32)}"
+
+
+def parse_refresh_token(token: str) -> tuple[str, str] | None:
+    """(sub, sid) of a well-formed refresh token, or None; never raises, never asks Redis."""
+    if len(token) > MAX_REFRESH_TOKEN_LENGTH:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    encoded_sub, sid, secret = parts
+    if not (
+        BASE64URL_PATTERN.fullmatch(encoded_sub)
+        and SESSION_ID_PATTERN.fullmatch(sid)
+        and REFRESH_SECRET_PATTERN.fullmatch(secret)
+    ):
+        return None
+    try:
+        sub = base64.urlsafe_b64decode(encoded_sub + "=" * (-len(encoded_sub) % 4)).decode()
+    except ValueError:  # binascii.Error and UnicodeDecodeError are both ValueErrors
+        return None
+    if not USERNAME_PATTERN.fullmatch(sub):
+        return None
+    return sub, sid
+
+
+def refresh_token_hash(token: str) -> str:
+    """What Redis keeps instead of the token. The token has 256 random bits, so no salt or KDF."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SessionStore:
+    """Create, check, continue (rotate the refresh token) and end sessions; one script call each."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._prefix = settings.redis_key_prefix
+        self._idle_ms = settings.session_idle_ttl_seconds * 1000
+        self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
+        self._max_sessions = settings.max_sessions_per_user
+        self._create = scripts.register(redis, "session_create.lua")
+        self._request = scripts.register(redis, "request.lua")
+        self._refresh = scripts.register(redis, "session_refresh.lua")
+        self._revoke_all = scripts.register(redis, "session_revoke_all.lua")
+
+    def session_key(self, sub: str, sid: str) -> str:
+        return f"{self._session_key_prefix(sub)}{sid}"
+
+    def index_key(self, sub: str) -> str:
+        return f"{self._prefix}:{hash_tag(sub)}:sessions"
+
+    def _session_key_prefix(self, sub: str) -> str:
+        return f"{self._prefix}:{hash_tag(sub)}:sess:"
+
+    async def create(self, sub: str, scopes: frozenset[str]) -> Session:
+        """Open a session; beyond the per-user cap, the user's oldest sessions end."""
+        sid = new_session_id()
+        refresh_token = new_refresh_token(sub, sid)
+        await self._create(
+            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            args=[
+                sid,
+                " ".join(sorted(scopes)),
+                refresh_token_hash(refresh_token),
+                self._idle_ms,
+                self._absolute_ms,
+                self._max_sessions,
+                self._session_key_prefix(sub),
+            ],
+        )
+        return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=refresh_token)
+
+    async def check(self, sub: str, sid: str) -> bool:
+        """True when the session is alive (its idle TTL slides); a dead one writes nothing."""
+        reply = await self._request(keys=[self.session_key(sub, sid)], args=[self._idle_ms])
+        return bool(reply[0] == 1)
+
+    async def rotate_refresh(self, refresh_token: str) -> Session | None:
+        """Spend `refresh_token` and return the session with its next one, or None.
+
+        None for a malformed token (Redis is not asked), an ended session, or a token that is
+        not the session's current one; in that last case the session is ended too, because a
+        spent token coming back means it was stolen or replayed (RFC 9700, section 4.14).
+        """
+        parsed = parse_refresh_token(refresh_token)
+        if parsed is None:
+            return None
+        sub, sid = parsed
+        next_token = new_refresh_token(sub, sid)
+        reply = await self._refresh(
+            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            args=[
+                refresh_token_hash(refresh_token),
+                refresh_token_hash(next_token),
+                self._idle_ms,
+                sid,
+            ],
+        )
+        if reply[0] != 1:
+            return None
+        scopes = frozenset(reply[1].decode().split())
+        return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=next_token)
+
+    async def revoke(self, sub: str, sid: str) -> None:
+        """End one session."""
+        async with self._redis.pipeline(transaction=True) as pipe:  # MULTI/EXEC: both or none
+            pipe.delete(self.session_key(sub, sid))
+            pipe.zrem(self.index_key(sub), sid)
+            await pipe.execute()
+
+    async def revoke_all(self, sub: str) -> int:
+        """End every session of `sub`; returns how many were alive."""
+        ended = await self._revoke_all(
+            keys=[self.index_key(sub)], args=[self._session_key_prefix(sub)]
+        )
+        return int(ended)
+
+
+def hash_tag(sub: str) -> str:
+    """`{sub}`: Redis Cluster hashes only this part, so all of a user's keys share a slot."""
+    return "{" + sub + "}"

@@ -1,0 +1,171 @@
+"""Access tokens: signed JWTs with the fewest claims that do the job, and their verification.
+
+A token carries exactly `iss aud sub sid jti iat exp scope` and the header `typ: at+jwt`
+(RFC 9068). Verification follows RFC 8725: one key and one algorithm from configuration (the
+token's header never chooses either), `iss`/`aud`/`exp`/`iat` required, explicit typing, and
+every failure reported the same way.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from jose import jwk, jwt
+from jose.backends.base import Key
+from jose.exceptions import JOSEError
+
+from ..settings import Settings
+from .sessions import SESSION_ID_PATTERN
+from .users import USERNAME_PATTERN
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, RFC 9068 section 2.1)
+MAX_TOKEN_BYTES = 4096  # python-jose has no size limit for signed tokens; parsing is not free
+LEEWAY_SECONDS = 10  # clock skew tolerated on exp, nbf and iat
+
+# python-jose requires nothing by default; say what this service relies on.
+DECODE_OPTIONS = MappingProxyType(
+    {
+        "require_iss": True,
+        "require_aud": True,
+        "require_exp": True,
+        "require_iat": True,
+        "require_sub": True,
+        "require_jti": True,
+        "verify_at_hash": False,  # not an OpenID Connect ID token
+        "leeway": LEEWAY_SECONDS,
+    }
+)
+# A token that fails in any of these ways is simply invalid. TypeError: `"exp": null`;
+# OverflowError: `"exp": 1e999`; RecursionError: a deeply nested JSON header, which python-jose
+# parses before it checks the signature; KeyError/AttributeError: odd shapes in jose itself.
+TOKEN_ERRORS = (
+    JOSEError,
+    TypeError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: all a route ever learns from a token."""
+
+    sub: str
+    sid: str
+    scopes: frozenset[str]
+    expires_at: int  # Unix time, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    expires_in: int  # seconds
+
+
+def load_keys(settings: Settings) -> tuple[Key, Key]:
+    """(signing key, verification key), read from settings or disk once, at startup."""
+    algorithm = settings.jwt_algorithm
+    if algorithm.startswith("HS"):
+        if settings.jwt_secret is None:
+            raise ValueError("APP_JWT_SECRET is required")  # settings already refuse this
+        secret = jwk.construct(settings.jwt_secret.get_secret_value(), algorithm)
+        return secret, secret
+    private_file, public_file = settings.jwt_private_key_file, settings.jwt_public_key_file
+    if private_file is None or public_file is None:
+        raise ValueError("both JWT key files are required")  # settings already refuse this
+    private_key = jwk.construct(private_file.read_text(encoding="utf-8"), algorithm)
+    public_key = jwk.construct(public_file.read_text(encoding="utf-8"), algorithm)
+    return private_key, public_key
+
+
+class TokenIssuer:
+    """Signs access tokens for a session."""
+
+    def __init__(self, settings: Settings, key: Key) -> None:
+        self._algorithm = settings.jwt_algorithm
+        self._key = key
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._ttl_seconds = settings.access_token_ttl_seconds
+
+    def issue(self, sub: str, sid: str, scopes: Iterable[str]) -> AccessToken:
+        now = int(time.time())
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": sub,
+            "sid": sid,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + self._ttl_seconds,
+            "scope": " ".join(sorted(scopes)),
+        }
+        token = jwt.encode(
+            claims, self._key, algorithm=self._algorithm, headers={"typ": ACCESS_TOKEN_TYPE}
+        )
+        return AccessToken(token=token, expires_in=self._ttl_seconds)
+
+
+class TokenVerifier:
+    """Turns a bearer token into a `Principal`, or None when the token is not acceptable.
+
+    To trust keys published elsewhere (a JWKS endpoint of an identity provider), subclass and
+    choose the key in `.verify()` from your own fetched, cached key set, never from the token's
+    `kid`/`jku`/`jwk`/`x5u` headers alone; keep the single-algorithm list and the claim checks.
+    """
+
+    def __init__(self, settings: Settings, key: Key) -> None:
+        self._algorithms = [settings.jwt_algorithm]  # a one-element list, never a string
+        self._key = key
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+
+    def verify(self, token: str) -> Principal | None:
+        if len(token) > MAX_TOKEN_BYTES:
+            return None
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options=DECODE_OPTIONS,
+            )
+            # The signature covers the header, so after decode() it is no longer "unverified".
+            header = jwt.get_unverified_header(token)
+            return principal_from(header, claims)
+        except TOKEN_ERRORS:
+            return None
+
+
+def principal_from(header: Mapping[str, Any], claims: Mapping[str, Any]) -> Principal | None:
+    """The checks python-jose leaves to us: typ, claim types and shapes, `iat` not in the future."""
+    if header.get("typ") != ACCESS_TOKEN_TYPE:
+        return None
+    sub, sid, scope = claims["sub"], claims["sid"], claims["scope"]
+    exp, iat = claims["exp"], claims["iat"]
+    if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(scope, str)):
+        return None
+    if type(exp) is not int or type(iat) is not int:  # bool is an int too; floats are not used
+        return None
+    if iat > time.time() + LEEWAY_SECONDS:
+        return None
+    # sub and sid become parts of Redis key names: accept only the shapes this service issues.
+    if not (USERNAME_PATTERN.fullmatch(sub) and SESSION_ID_PATTERN.fullmatch(sid)):
+        return None
+    return Principal(sub=sub, sid=sid, scopes=frozenset(scope.split()), expires_at=exp)
+
+
+def create_token_pair(settings: Settings) -> tuple[TokenIssuer, TokenVerifier]:
+    """The issuer and verifier for these settings; keys are read here, once."""
+    signing_key, verification_key = load_keys(settings)
+    return TokenIssuer(settings, signing_key), TokenVerifier(settings, verification_key)

@@ -1,0 +1,134 @@
+"""Users: who may log in, with which password hash and scopes.
+
+`UserStore` is the extension point. The default, `FileUserStore`, keeps users in one JSON file
+(`APP_USERS_FILE`) that `python -m {{ cookiecutter.package_name }} create-user` writes; a running
+service notices the change at the next login, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+# User names become Redis Cluster hash tags (`{name}`) and token subjects: no braces, no spaces.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# A scope is an RFC 6749 scope-token: printable ASCII without space, `"` and `\`.
+SCOPE_PATTERN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
+FILE_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    password_hash: str  # argon2 PHC string; never logged
+    scopes: frozenset[str]
+
+
+class UserStore(Protocol):
+    """Where the login route looks users up.
+
+    To keep users elsewhere (a database, a directory), write a class with this one async method
+    and pass an instance to `create_app(settings, users=...)`. Return None for an unknown name;
+    the login route then spends the same time on a dummy hash, so callers cannot tell the two
+    apart. Raise on infrastructure failures rather than answering None.
+    """
+
+    async def get(self, name: str) -> User | None: ...
+
+
+class FileUserStore:
+    """Users in a JSON file, re-read whenever it changes, replaced atomically on every write.
+
+    The lookup costs one `os.stat`; the file is parsed again only when its identity, size or
+    modification time differ from what was last read. Writers are expected one at a time (the
+    `create-user` command); readers never see a half-written file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime in ns)
+        self._users: dict[str, User] = {}
+
+    async def get(self, name: str) -> User | None:
+        # A stat and, rarely, a small read: cheap enough to do on the event loop.
+        self._reload_if_changed()
+        return self._users.get(name)
+
+    def put(self, user: User) -> bool:
+        """Add or replace `user`; True when the name was new."""
+        users = self._read()
+        created = user.name not in users
+        users[user.name] = user
+        self._write(users)
+        return created
+
+    def _reload_if_changed(self) -> None:
+        try:
+            status = self.path.stat()
+        except FileNotFoundError:
+            self._seen, self._users = None, {}
+            return
+        seen = (status.st_ino, status.st_size, status.st_mtime_ns)
+        if seen == self._seen:
+            return
+        try:
+            self._users = self._read()
+        except (OSError, ValueError):
+            # Keep serving the last good version; a hand edit gone wrong must not lock out all.
+            logger.warning("users file %s is unreadable; keeping the previous users", self.path)
+            return
+        self._seen = seen
+
+    def _read(self) -> dict[str, User]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        return parse_users(json.loads(text))
+
+    def _write(self, users: dict[str, User]) -> None:
+        """Write a temporary file next to the real one, then rename it over (atomic on POSIX)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "version": FILE_VERSION,
+            "users": {
+                name: {"password_hash": user.password_hash, "scopes": sorted(user.scopes)}
+                for name, user in sorted(users.items())
+            },
+        }
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".users-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:  # mkstemp makes it 0600
+                json.dump(document, file, indent=2)
+                file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def parse_users(document: Any) -> dict[str, User]:
+    """Users from the file's JSON; ValueError when its shape is wrong."""
+    if not isinstance(document, dict) or not isinstance(document.get("users"), dict):
+        raise ValueError("expected an object with a 'users' object")
+    users = {}
+    for name, entry in document["users"].items():
+        if not USERNAME_PATTERN.fullmatch(name) or not isinstance(entry, dict):
+            raise ValueError("malformed user entry")
+        password_hash, scopes = entry.get("password_hash"), entry.get("scopes")
+        if not isinstance(password_hash, str) or not isinstance(scopes, list):
+            raise ValueError("malformed user entry")
+        if not all(isinstance(scope, str) and SCOPE_PATTERN.fullmatch(scope) for scope in scopes):
+            raise ValueError("malformed scope")
+        users[name] = User(name=name, password_hash=password_hash, scopes=frozenset(scopes))
+    return users

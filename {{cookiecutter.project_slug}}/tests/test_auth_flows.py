@@ -1,0 +1,237 @@
+"""Login, refresh, logout and scopes, end to end through HTTP against a real Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+
+from {{ cookiecutter.package_name }}.auth.dependencies import require_scopes
+from {{ cookiecutter.package_name }}.auth.tokens import Principal
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import running
+from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
+
+pytestmark = pytest.mark.anyio
+
+
+async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:
+    return await client.post("/auth/refresh", json={"refresh_token": refresh_token})
+
+
+async def test_login_returns_a_working_token_pair(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """It answers a correct password with a bearer pair whose access token opens `/me`."""
+    add_user(settings, "alice", scopes=["write", "read"])
+    pair = await login(client, "alice")
+    assert set(pair) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert pair["token_type"] == "bearer"
+    assert pair["expires_in"] == settings.access_token_ttl_seconds
+    response = await me(client, pair["access_token"])
+    assert response.json() == {"sub": "alice", "scopes": ["read", "write"]}
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """An unknown name, a wrong password and a malformed name get byte-identical 401s."""
+    add_user(settings, "alice")
+    answers = [
+        await client.post("/auth/token", data={"username": name, "password": password})
+        for name, password in [
+            ("alice", "not the password"),
+            ("nobody", PASSWORD),
+            ("{not a name}", PASSWORD),
+        ]
+    ]
+    for response in answers:
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json() == {"detail": "Incorrect username or password"}
+    assert len({response.content for response in answers}) == 1
+
+
+async def test_unknown_user_costs_a_real_password_check(redis_url: str, settings: Settings) -> None:
+    """An unknown name takes about as long as a wrong password: both run a full argon2 check."""
+    # Costly enough (tens of ms) that skipping the hash would stand out against the noise.
+    costly = settings.model_copy(update={"argon2_time_cost": 2, "argon2_memory_kib": 32768})
+    add_user(costly, "alice")
+
+    async def fastest_login(client: httpx.AsyncClient, name: str) -> float:
+        durations = []
+        for _ in range(3):
+            started = time.perf_counter()
+            response = await client.post(
+                "/auth/token", data={"username": name, "password": "wrong password"}
+            )
+            durations.append(time.perf_counter() - started)
+            assert response.status_code == 401
+        return min(durations)
+
+    async with running(create_app(costly)) as client:
+        known = await fastest_login(client, "alice")
+        unknown = await fastest_login(client, "nobody")
+    assert unknown > known / 2
+
+
+async def test_refresh_rotates_the_refresh_token(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Each refresh returns a new pair for the same session; the new refresh token works."""
+    add_user(settings, "alice", scopes=["read"])
+    first = await login(client, "alice")
+    second = (await refresh(client, first["refresh_token"])).json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert (await me(client, second["access_token"])).json()["scopes"] == ["read"]
+    third = await refresh(client, second["refresh_token"])
+    assert third.status_code == 200
+
+
+async def test_reusing_a_spent_refresh_token_revokes_the_session(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A spent refresh token coming back is 401, and every token of that session dies with it."""
+    add_user(settings, "alice")
+    first = await login(client, "alice")
+    other_session = await login(client, "alice")
+    second = (await refresh(client, first["refresh_token"])).json()
+
+    assert_invalid_token(await refresh(client, first["refresh_token"]))
+
+    assert_invalid_token(await refresh(client, second["refresh_token"]))
+    assert_invalid_token(await me(client, second["access_token"]))
+    assert_invalid_token(await me(client, first["access_token"]))
+    assert (await me(client, other_session["access_token"])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "refresh_token",
+    [
+        "",
+        "garbage",
+        "a.b.c",
+        "YWxpY2U.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "!!!.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "e30.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "A.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "x" * 4000,
+    ],
+    ids=[
+        "empty",
+        "garbage",
+        "wrong shape",
+        "unknown session",
+        "bad base64",
+        "subject that is no user name",
+        "truncated base64",
+        "huge",
+    ],
+)
+async def test_refresh_refuses_bad_refresh_tokens(
+    client: httpx.AsyncClient, refresh_token: str
+) -> None:
+    """A malformed or unknown refresh token is a plain 401, never a 5xx."""
+    assert_invalid_token(await refresh(client, refresh_token))
+
+
+async def test_logout_ends_this_session_only(client: httpx.AsyncClient, settings: Settings) -> None:
+    """After logout this session's access and refresh tokens fail; another session lives on."""
+    add_user(settings, "alice")
+    mine, other = await login(client, "alice"), await login(client, "alice")
+    response = await client.post("/auth/logout", headers=bearer(mine["access_token"]))
+    assert response.status_code == 204
+    assert_invalid_token(await me(client, mine["access_token"]))
+    assert_invalid_token(await refresh(client, mine["refresh_token"]))
+    assert (await me(client, other["access_token"])).status_code == 200
+
+
+async def test_logout_all_reaches_every_process(settings: Settings) -> None:
+    """Logging out everywhere on one instance ends the user's sessions on another at once."""
+    add_user(settings, "alice")
+    add_user(settings, "bob")
+    async with running(create_app(settings)) as first, running(create_app(settings)) as second:
+        sessions = [await login(first, "alice"), await login(second, "alice")]
+        bob = await login(first, "bob")
+        for client in (first, second):
+            for pair in sessions:
+                assert (await me(client, pair["access_token"])).status_code == 200
+
+        response = await second.post(
+            "/auth/logout-all", headers=bearer(sessions[0]["access_token"])
+        )
+        assert response.status_code == 204
+
+        for client in (first, second):
+            for pair in sessions:
+                assert_invalid_token(await me(client, pair["access_token"]))
+                assert_invalid_token(await refresh(client, pair["refresh_token"]))
+            assert (await me(client, bob["access_token"])).status_code == 200
+
+
+async def test_logout_reaches_every_process(settings: Settings) -> None:
+    """A logout on one instance is seen by another instance on the very next request."""
+    add_user(settings, "alice")
+    async with running(create_app(settings)) as first, running(create_app(settings)) as second:
+        pair = await login(first, "alice")
+        assert (await me(second, pair["access_token"])).status_code == 200
+        await first.post("/auth/logout", headers=bearer(pair["access_token"]))
+        assert_invalid_token(await me(second, pair["access_token"]))
+
+
+def add_admin_route(app: FastAPI) -> None:
+    @app.get("/admin")
+    async def admin(
+        principal: Annotated[Principal, Depends(require_scopes("admin", "read"))],
+    ) -> dict[str, str]:
+        return {"sub": principal.sub}
+
+
+async def test_scopes_are_enforced_with_403(settings: Settings) -> None:
+    """A route needing scopes answers 403 `insufficient_scope` to a token without them."""
+    app = create_app(settings)
+    add_admin_route(app)
+    add_user(settings, "reader", scopes=["read"])
+    add_user(settings, "boss", scopes=["read", "admin"])
+    async with running(app) as client:
+        reader = await login(client, "reader")
+        response = await client.get("/admin", headers=bearer(reader["access_token"]))
+        assert response.status_code == 403
+        assert response.headers["WWW-Authenticate"] == (
+            'Bearer error="insufficient_scope", scope="admin read"'
+        )
+        boss = await login(client, "boss")
+        response = await client.get("/admin", headers=bearer(boss["access_token"]))
+        assert response.json() == {"sub": "boss"}
+        assert_invalid_token(await client.get("/admin"))
+
+
+async def test_users_added_while_running_can_log_in(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A user written to the users file after startup logs in without a restart."""
+    add_user(settings, "alice")
+    await login(client, "alice")
+    response = await client.post("/auth/token", data={"username": "carol", "password": PASSWORD})
+    assert response.status_code == 401
+    add_user(settings, "carol", scopes=["read"])
+    pair = await login(client, "carol")
+    assert (await me(client, pair["access_token"])).json() == {"sub": "carol", "scopes": ["read"]}
+
+
+async def test_a_changed_password_applies_while_running(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Re-running create-user with a new password retires the old one without a restart."""
+    add_user(settings, "alice")
+    await login(client, "alice")
+    add_user(settings, "alice", password="a brand new passphrase")
+    response = await client.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+    assert response.status_code == 401
+    await login(client, "alice", password="a brand new passphrase")

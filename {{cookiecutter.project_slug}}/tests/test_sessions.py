@@ -1,0 +1,205 @@
+"""What sessions leave in Redis: a TTL on every key, nothing for dead sessions, bounded indexes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from jose import jwt
+from redis import Redis
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import delete_keys, make_settings, running
+from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+def keys_of(redis: Redis, settings: Settings) -> list[str]:
+    return sorted(redis.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000))
+
+
+def session_id(pair: dict[str, Any]) -> str:
+    sid: str = jwt.get_unverified_claims(pair["access_token"])["sid"]
+    return sid
+
+
+def session_key(settings: Settings, user: str, sid: str) -> str:
+    return f"{settings.redis_key_prefix}:" + "{" + user + "}" + f":sess:{sid}"
+
+
+def index_key(settings: Settings, user: str) -> str:
+    return f"{settings.redis_key_prefix}:" + "{" + user + "}" + ":sessions"
+
+
+async def test_every_key_written_has_a_ttl(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """After logins, refreshes, requests and logouts, every key left in Redis expires."""
+    add_user(settings, "alice")
+    add_user(settings, "bob")
+    alice = [await login(client, "alice") for _ in range(3)]
+    bob = await login(client, "bob")
+    await client.post("/auth/refresh", json={"refresh_token": alice[0]["refresh_token"]})
+    await me(client, alice[1]["access_token"])
+    await client.post("/auth/logout", headers=bearer(alice[2]["access_token"]))
+    await client.post("/auth/logout-all", headers=bearer(bob["access_token"]))
+
+    keys = keys_of(redis, settings)
+    assert session_key(settings, "alice", session_id(alice[0])) in keys
+    assert index_key(settings, "alice") in keys
+    for key in keys:
+        assert redis.pttl(key) > 0, key
+
+
+async def test_a_request_for_a_dead_session_writes_nothing(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """Tokens of an ended session, access or refresh, leave Redis exactly as it was."""
+    add_user(settings, "alice")
+    pair = await login(client, "alice")
+    await client.post("/auth/logout", headers=bearer(pair["access_token"]))
+    before = (redis.dbsize(), keys_of(redis, settings))
+
+    assert_invalid_token(await me(client, pair["access_token"]))
+    response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert_invalid_token(response)
+
+    assert (redis.dbsize(), keys_of(redis, settings)) == before
+    assert not redis.exists(session_key(settings, "alice", session_id(pair)))
+
+
+@pytest.fixture
+def short_settings(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Any:
+    """Settings with tiny session lifetimes, for tests that watch sessions expire."""
+    made: list[Settings] = []
+
+    def build(**overrides: Any) -> Settings:
+        made.append(
+            make_settings(redis_url, key_files, users_file=tmp_path / "users.json", **overrides)
+        )
+        return made[-1]
+
+    yield build
+    for settings in made:
+        delete_keys(redis_url, settings.redis_key_prefix)
+
+
+async def test_refresh_cannot_extend_a_session_past_its_absolute_lifetime(
+    short_settings: Any, redis: Redis
+) -> None:
+    """Refreshing keeps a session going only until its absolute lifetime, then it is over."""
+    settings = short_settings(session_idle_ttl_seconds=2, session_absolute_ttl_seconds=2)
+    add_user(settings, "alice")
+    async with running(create_app(settings)) as client:
+        started = time.monotonic()
+        pair = await login(client, "alice")
+        key = session_key(settings, "alice", session_id(pair))
+        stored = redis.hgetall(key)
+        assert int(stored["abs_exp_ms"]) - int(stored["created_ms"]) == 2000
+
+        await anyio.sleep(1.0)
+        response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        pair = response.json()
+        # Idle alone would allow 2000 ms more; the absolute lifetime leaves only about 1000.
+        assert 0 < redis.pttl(key) <= 1050
+        assert redis.hget(key, "rotations") == "1"
+
+        await anyio.sleep(max(0.0, 2.1 - (time.monotonic() - started)))
+        assert_invalid_token(await me(client, pair["access_token"]))
+        response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert_invalid_token(response)
+
+
+async def test_requests_slide_the_idle_timeout(short_settings: Any, redis: Redis) -> None:
+    """Each request restarts the idle clock; a session left alone for longer ends."""
+    settings = short_settings(session_idle_ttl_seconds=1, session_absolute_ttl_seconds=60)
+    add_user(settings, "alice")
+    async with running(create_app(settings)) as client:
+        pair = await login(client, "alice")
+        key = session_key(settings, "alice", session_id(pair))
+        await anyio.sleep(0.4)
+        assert redis.pttl(key) <= 600
+        assert (await me(client, pair["access_token"])).status_code == 200
+        assert redis.pttl(key) > 900
+        await anyio.sleep(1.1)
+        assert_invalid_token(await me(client, pair["access_token"]))
+
+
+async def test_the_session_index_is_capped_and_pruned(short_settings: Any, redis: Redis) -> None:
+    """Past the per-user cap the oldest sessions end; ended sessions leave the index at login."""
+    settings = short_settings(max_sessions_per_user=3)
+    add_user(settings, "alice")
+    index = index_key(settings, "alice")
+    async with running(create_app(settings)) as client:
+        pairs = [await login(client, "alice") for _ in range(5)]
+        sids = [session_id(pair) for pair in pairs]
+        assert sorted(redis.zrange(index, 0, -1)) == sorted(sids[2:])
+        for pair in pairs[:2]:
+            assert_invalid_token(await me(client, pair["access_token"]))
+        for pair in pairs[2:]:
+            assert (await me(client, pair["access_token"])).status_code == 200
+        assert 0 < redis.pttl(index) <= settings.session_absolute_ttl_seconds * 1000
+
+        # A session that ended on its own (as an idle timeout does) is pruned, not counted:
+        # the newest one ends here, so the cap alone would wrongly end the oldest live one.
+        redis.delete(session_key(settings, "alice", sids[4]))
+        newest = await login(client, "alice")
+        assert sorted(redis.zrange(index, 0, -1)) == sorted([sids[2], sids[3], session_id(newest)])
+        for pair in [pairs[2], pairs[3], newest]:
+            assert (await me(client, pair["access_token"])).status_code == 200
+
+
+async def test_logout_all_leaves_no_keys_of_the_user(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """Logging out everywhere removes the user's sessions and their index."""
+    add_user(settings, "alice")
+    pairs = [await login(client, "alice") for _ in range(3)]
+    await client.post("/auth/logout-all", headers=bearer(pairs[0]["access_token"]))
+    tagged = f"{settings.redis_key_prefix}:" + "{alice}:*"
+    assert list(redis.scan_iter(match=tagged)) == []
+
+
+async def test_scripts_reload_after_a_script_flush(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    """`NOSCRIPT` (scripts dropped, e.g. a Redis restart) is handled: requests still work."""
+    add_user(settings, "alice")
+    pair = await login(client, "alice")
+    redis.script_flush()
+    assert (await me(client, pair["access_token"])).status_code == 200
+    redis.script_flush()
+    response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert response.status_code == 200
+    redis.script_flush()
+    await login(client, "alice")
+
+
+async def test_redis_outage_is_503_and_a_restart_ends_sessions(
+    redis_server: RedisServer, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Redis down: 503, never 500. Back empty: old sessions are 401 and login works again."""
+    settings = make_settings(redis_server.url, key_files, users_file=tmp_path / "users.json")
+    add_user(settings, "alice")
+    async with running(create_app(settings)) as client:
+        pair = await login(client, "alice")
+        redis_server.stop()
+        for response in [
+            await me(client, pair["access_token"]),
+            await client.post("/auth/token", data={"username": "alice", "password": PASSWORD}),
+            await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}),
+        ]:
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "1"
+        redis_server.start()
+        assert_invalid_token(await me(client, pair["access_token"]))
+        pair = await login(client, "alice")
+        assert (await me(client, pair["access_token"])).status_code == 200
