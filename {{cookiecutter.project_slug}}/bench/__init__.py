@@ -1,0 +1,1 @@
+"""The service's benchmark: `make bench` (or `python -m bench --help`). Not part of the tests."""

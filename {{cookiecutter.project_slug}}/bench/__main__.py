@@ -1,0 +1,337 @@
+"""Benchmark: the protected `/me` against the unauthenticated `/health/live`, on one server.
+
+    python -m bench                  # rounds of wrk against both routes, then a ratio table
+    python -m bench --soak           # a long run over many tokens; RSS after warm-up and at the end
+
+It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
+throwaway redis-server; creates a user; gets many distinct access tokens (a few logins, then
+refreshes: every refresh gives a new token while the old ones stay valid); and loads both routes
+alternately with wrk, every request carrying the next token. Absolute numbers depend on the
+machine; the ratio of the two routes, measured in one run, is what to compare.
+
+Without wrk (`apt-get install wrk`, `brew install wrk`) it falls back to a Python load generator,
+which saturates the client before the server and so understates both routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tests.keys import write_key_pair
+from tests.redis_monitor import client_commands
+from tests.redis_server import RedisServer, free_port
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
+PASSWORD = secrets.token_urlsafe(24)
+WRK_SCRIPT = Path(__file__).with_name("rotate_tokens.lua")
+UNLIMITED = "999999999/second"  # the limiter still runs on every request; it just never refuses
+
+
+@dataclass
+class Round:
+    route: str
+    requests: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    rss_mib: float
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def commands_per_request(
+    redis: str, url: str, tokens: list[str], tokens_file: Path, connections: int
+) -> str:
+    """Client commands Redis receives per request (MONITOR; untimed, it slows Redis down)."""
+    with client_commands(redis) as counts:
+        requests = load(url, tokens, tokens_file, 2, connections)[0]
+    total = sum(counts.values())
+    detail = ", ".join(f"{name} {count / requests:.3f}" for name, count in counts.most_common())
+    return f"{total / requests:.3f}" + (f" ({detail})" if detail else "")
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("APP_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@contextmanager
+def service(
+    redis: str, workdir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
+    env.update(
+        APP_REDIS_URL=redis,
+        APP_REDIS_KEY_PREFIX=f"bench-{secrets.token_hex(4)}",
+        APP_JWT_ALGORITHM=ALGORITHM,
+        APP_USERS_FILE=str(workdir / "users.json"),
+        APP_RATE_LIMIT=UNLIMITED,
+        APP_LOGIN_RATE_LIMIT=UNLIMITED,
+        APP_MAX_SESSIONS_PER_USER="1000",
+        APP_ACCESS_TOKEN_TTL_SECONDS="3600",  # noqa: S106 (a lifetime, not a password)
+    )
+    env.update(signing_settings(workdir))
+    subprocess.run(
+        [sys.executable, "-m", PACKAGE, "create-user", "bench", "--scopes", "read"],
+        input=PASSWORD.encode(), env=env, cwd=workdir, check=True, capture_output=True,
+    )  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", PACKAGE, "serve", "--port", str(port)],
+        env={**env, "PYTHONOPTIMIZE": "1"},
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base_url}/health/live", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("error: the service did not start") from None
+                time.sleep(0.1)
+        yield process, base_url, env
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def signing_settings(workdir: Path) -> dict[str, str]:
+    """Fresh signing material for the benchmark's own server."""
+    if ALGORITHM.startswith("HS"):
+        return {"APP_JWT_SECRET": secrets.token_urlsafe(48)}
+    paths = write_key_pair(ALGORITHM, workdir)
+    return {
+        "APP_JWT_PRIVATE_KEY_FILE": str(paths["private"]),
+        "APP_JWT_PUBLIC_KEY_FILE": str(paths["public"]),
+    }
+
+
+async def collect_tokens(base_url: str, count: int, sessions: int) -> list[str]:
+    """`count` distinct, valid access tokens: `sessions` logins, then refreshes."""
+    tokens: list[str] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+
+        async def one_session(quota: int) -> list[str]:
+            response = await client.post(
+                "/auth/token", data={"username": "bench", "password": PASSWORD}
+            )
+            response.raise_for_status()
+            pair = response.json()
+            mine = [pair["access_token"]]
+            while len(mine) < quota:
+                response = await client.post(
+                    "/auth/refresh", json={"refresh_token": pair["refresh_token"]}
+                )
+                response.raise_for_status()
+                pair = response.json()
+                mine.append(pair["access_token"])
+            return mine
+
+        sessions = max(1, min(sessions, count))
+        quotas = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
+        for batch in await asyncio.gather(*(one_session(quota) for quota in quotas)):
+            tokens.extend(batch)
+    return tokens
+
+
+WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_TOTAL = re.compile(r"(\d+) requests in")
+WRK_PERCENTILE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(
+    url: str, tokens_file: Path, seconds: float, connections: int
+) -> tuple[int, float, float, float]:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
+    command = [wrk, "-t1", f"-c{connections}", duration, "--latency", "-s", str(WRK_SCRIPT), url]
+    result = subprocess.run(
+        command,
+        env={**os.environ, "BENCH_TOKENS": str(tokens_file)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    output = result.stdout
+    if "Non-2xx" in output:
+        raise SystemExit(f"error: {url} answered non-2xx during the benchmark:\n{output}")
+    rate_match, total_match = WRK_RATE.search(output), WRK_TOTAL.search(output)
+    assert rate_match is not None, output
+    assert total_match is not None, output
+    percentiles = {p: float(v) * UNIT_MS[u] for p, v, u in WRK_PERCENTILE.findall(output)}
+    return int(total_match[1]), float(rate_match[1]), percentiles["50"], percentiles["99"]
+
+
+async def python_load(
+    url: str, tokens: list[str], seconds: float, connections: int
+) -> tuple[int, float, float, float]:
+    """Fallback load generator: `connections` concurrent clients, each rotating through tokens."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=connections)
+
+    async def worker(offset: int, client: httpx.AsyncClient) -> None:
+        index = offset
+        while time.monotonic() < deadline:
+            token = tokens[index % len(tokens)]
+            index += connections
+            started = time.perf_counter()
+            response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            latencies.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                raise SystemExit(f"error: {url} answered {response.status_code}")
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        await asyncio.gather(*(worker(i, client) for i in range(connections)))
+    elapsed = time.monotonic() - started
+    quantiles = statistics.quantiles(latencies, n=100)
+    return len(latencies), len(latencies) / elapsed, quantiles[49], quantiles[98]
+
+
+def load(
+    url: str, tokens: list[str], tokens_file: Path, seconds: float, connections: int
+) -> tuple[int, float, float, float]:
+    if shutil.which("wrk"):
+        return run_wrk(url, tokens_file, seconds, connections)
+    return asyncio.run(python_load(url, tokens, seconds, connections))
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder, redis_url() as redis:
+        workdir = Path(folder)
+        with service(redis, workdir) as (process, base_url, _env):
+            tokens = asyncio.run(collect_tokens(base_url, args.tokens, args.sessions))
+            tokens_file = workdir / "tokens.txt"
+            tokens_file.write_text("\n".join(tokens) + "\n")
+            generator = "wrk" if shutil.which("wrk") else "python (no wrk found)"
+            print(
+                f"{len(tokens)} distinct tokens; load: {generator}; "
+                f"{args.connections} connections, {args.seconds}s per round"
+            )
+            if args.soak:
+                return soak(args, process.pid, base_url, tokens, tokens_file)
+            # Warm up both routes (interpreter caches, pool connections, script cache).
+            for route in ("/health/live", "/me"):
+                load(f"{base_url}{route}", tokens, tokens_file, 2, args.connections)
+            rounds: list[Round] = []
+            for _ in range(args.rounds):
+                for route in ("/health/live", "/me"):
+                    total, rate, p50, p99 = load(
+                        f"{base_url}{route}", tokens, tokens_file, args.seconds, args.connections
+                    )
+                    rounds.append(Round(route, total, rate, p50, p99, rss_mib(process.pid)))
+            report(rounds)
+            print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
+            for route in ("/health/live", "/me"):
+                url = f"{base_url}{route}"
+                print(f"  {route:<13} {commands_per_request(redis, url, tokens, tokens_file, 4)}")
+    return 0
+
+
+TABLE_ROW = "{:>5}  {:<13} {:>9} {:>7} {:>7} {:>8}"
+
+
+def report(rounds: list[Round]) -> None:
+    columns = ("round", "route", "req/s", "p50 ms", "p99 ms", "RSS MiB")
+    print("\n" + TABLE_ROW.format(*columns))
+    for number, item in enumerate(rounds):
+        values = (
+            number // 2 + 1,
+            item.route,
+            f"{item.requests_per_second:.0f}",
+            f"{item.p50_ms:.2f}",
+            f"{item.p99_ms:.2f}",
+            f"{item.rss_mib:.1f}",
+        )
+        print(TABLE_ROW.format(*values))
+    ratios = [
+        me.requests_per_second / live.requests_per_second
+        for live, me in zip(rounds[::2], rounds[1::2], strict=True)
+    ]
+    print(
+        f"\n/me ÷ /health/live per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+        f"median {statistics.median(ratios):.2f} (target >= 0.50)"
+    )
+
+
+def soak(
+    args: argparse.Namespace, pid: int, base_url: str, tokens: list[str], tokens_file: Path
+) -> int:
+    """Many requests over many distinct tokens; RSS must level off, not climb with the count."""
+    load(f"{base_url}/me", tokens, tokens_file, 5, args.connections)  # warm-up
+    warm = rss_mib(pid)
+    print(f"RSS after warm-up: {warm:.1f} MiB")
+    done = 0
+    while done < args.requests:
+        total, rate, _, _ = load(
+            f"{base_url}/me", tokens, tokens_file, args.seconds, args.connections
+        )
+        done += total
+        print(f"  {done:>9} requests  {rate:>7.0f} req/s  RSS {rss_mib(pid):.1f} MiB")
+    end = rss_mib(pid)
+    print(
+        f"RSS at the end: {end:.1f} MiB after {done} requests over {len(tokens)} tokens "
+        f"({end - warm:+.1f} MiB since warm-up)"
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per round")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=2000, help="distinct access tokens")
+    parser.add_argument("--sessions", type=int, default=20, help="logins the tokens come from")
+    parser.add_argument(
+        "--soak", action="store_true", help="long run: RSS after warm-up and at the end"
+    )
+    parser.add_argument("--requests", type=int, default=200_000, help="soak: total requests")
+    args = parser.parse_args()
+    if args.soak and args.tokens == parser.get_default("tokens"):
+        args.tokens = 20_000
+    return benchmark(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
