@@ -31,12 +31,13 @@ def free_port() -> int:
 class RedisServer:
     """One `redis-server` process without persistence; it can be paused, stopped, restarted."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, cluster: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError(NO_REDIS)
         self.binary = binary
         self.password = password
+        self.cluster = cluster
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,6 +58,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
+        if self.cluster:
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         self.wait_until_ready()
 
