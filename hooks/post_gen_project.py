@@ -114,7 +114,9 @@ def env_lines(algorithm: str, jwt_secret: str | None, redis_password: str) -> li
     else:
         lines.append(f"APP_JWT_PRIVATE_KEY_FILE={PRIVATE_KEY_FILE}")
         lines.append(f"APP_JWT_PUBLIC_KEY_FILE={PUBLIC_KEY_FILE}")
-    lines.append("# The password of the Redis that compose.yaml starts (not used by a local redis-server).")
+    lines.append(
+        "# The password of the Redis that compose.yaml starts (not used by a local redis-server)."
+    )
     lines.append(f"REDIS_PASSWORD={redis_password}")
     return lines
 
@@ -129,7 +131,9 @@ def write_secrets(project: Path, algorithm: str) -> None:
         private_pem, public_pem = new_key_pair(algorithm)
         write_private(project / PRIVATE_KEY_FILE, private_pem)
         (project / PUBLIC_KEY_FILE).write_text(public_pem, encoding="utf-8")
-    write_private(project / ".env", header + "\n".join(env_lines(algorithm, jwt_secret, new_secret())) + "\n")
+    write_private(
+        project / ".env", header + "\n".join(env_lines(algorithm, jwt_secret, new_secret())) + "\n"
+    )
 
     example_secret = PLACEHOLDER_SECRET if jwt_secret is not None else None
     example = env_lines(algorithm, example_secret, "change-me")

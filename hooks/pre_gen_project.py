@@ -67,7 +67,8 @@ def check_text(field: str, value: str, max_length: int = 120) -> None:
         raise InvalidAnswer(field, f"is longer than {max_length} characters")
     if UNSAFE_TEXT.search(value):
         raise InvalidAnswer(
-            field, f"{value!r} contains a quote, backslash, brace or control character; use plain text"
+            field,
+            f"{value!r} contains a quote, backslash, brace or control character; use plain text",
         )
 
 
@@ -91,13 +92,16 @@ def check_package_name(value: str) -> None:
         raise InvalidAnswer("package_name", f"{value!r} is a Python keyword; choose another name")
     if value in sys.stdlib_module_names or value in TAKEN_IMPORT_NAMES:
         raise InvalidAnswer(
-            "package_name", f"{value!r} would shadow a module the service imports; choose another name"
+            "package_name",
+            f"{value!r} would shadow a module the service imports; choose another name",
         )
 
 
 def check_email(value: str) -> None:
     if not EMAIL.fullmatch(value):
-        raise InvalidAnswer("author_email", f"{value!r} is not an email address (e.g. you@example.com)")
+        raise InvalidAnswer(
+            "author_email", f"{value!r} is not an email address (e.g. you@example.com)"
+        )
 
 
 def check_choice(field: str, value: str) -> None:
@@ -109,7 +113,9 @@ def check_choice(field: str, value: str) -> None:
 def check_access_token_ttl(value: str) -> None:
     field = "access_token_ttl_seconds"
     if not value.isdigit() or int(value) < 1:
-        raise InvalidAnswer(field, f"{value!r} is not a positive whole number of seconds (e.g. 900)")
+        raise InvalidAnswer(
+            field, f"{value!r} is not a positive whole number of seconds (e.g. 900)"
+        )
     if int(value) > MAX_ACCESS_TOKEN_TTL_SECONDS:
         raise InvalidAnswer(
             field, f"{value} is more than a day; access tokens must be short-lived (e.g. 900)"
