@@ -60,8 +60,12 @@ def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_key_pair(algorithm, folder)
 
 
+UNREACHABLE_RATE = "999999999/second"
+
+
 def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) -> Settings:
-    """Test settings: no `.env`, a fresh Redis key prefix, fresh secrets, short timeouts."""
+    """Test settings: no `.env`, a fresh Redis key prefix, fresh secrets, short timeouts,
+    cheap password hashing and limits that ordinary tests never reach."""
     values: dict[str, Any] = {
         "redis_url": redis_url,
         "redis_key_prefix": f"test-{secrets.token_hex(6)}",
@@ -70,6 +74,9 @@ def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) 
         "jwt_private_key_file": key_files["private"],
         "jwt_public_key_file": key_files["public"],
         **CHEAP_ARGON2,
+        # Limits that ordinary tests never reach; the rate-limit tests set their own.
+        "rate_limit": UNREACHABLE_RATE,
+        "login_rate_limit": UNREACHABLE_RATE,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

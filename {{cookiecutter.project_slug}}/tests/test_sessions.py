@@ -59,21 +59,39 @@ async def test_every_key_written_has_a_ttl(
         assert redis.pttl(key) > 0, key
 
 
+def contents(redis: Redis, settings: Settings) -> dict[str, bytes | None]:
+    """Every key under the settings' prefix with its serialized value (TTLs left out)."""
+    return {key: redis.dump(key) for key in keys_of(redis, settings)}
+
+
 async def test_a_request_for_a_dead_session_writes_nothing(
-    client: httpx.AsyncClient, settings: Settings, redis: Redis
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path, redis: Redis
 ) -> None:
     """Tokens of an ended session, access or refresh, leave Redis exactly as it was."""
+    # Slow limits, so the rate-limit buckets live for minutes and the keyspace holds still.
+    settings = make_settings(
+        redis_url,
+        key_files,
+        users_file=tmp_path / "users.json",
+        rate_limit="60/hour",
+        login_rate_limit="60/hour",
+    )
     add_user(settings, "alice")
-    pair = await login(client, "alice")
-    await client.post("/auth/logout", headers=bearer(pair["access_token"]))
-    before = (redis.dbsize(), keys_of(redis, settings))
+    try:
+        async with running(create_app(settings)) as client:
+            pair = await login(client, "alice")
+            await client.post("/auth/logout", headers=bearer(pair["access_token"]))
+            before = contents(redis, settings)
+            assert len(before) == 3  # the user's bucket; the login buckets of client and account
 
-    assert_invalid_token(await me(client, pair["access_token"]))
-    response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-    assert_invalid_token(response)
+            assert_invalid_token(await me(client, pair["access_token"]))
+            refresh = {"refresh_token": pair["refresh_token"]}
+            assert_invalid_token(await client.post("/auth/refresh", json=refresh))
 
-    assert (redis.dbsize(), keys_of(redis, settings)) == before
-    assert not redis.exists(session_key(settings, "alice", session_id(pair)))
+            assert contents(redis, settings) == before
+            assert not redis.exists(session_key(settings, "alice", session_id(pair)))
+    finally:
+        delete_keys(redis_url, settings.redis_key_prefix)
 
 
 @pytest.fixture

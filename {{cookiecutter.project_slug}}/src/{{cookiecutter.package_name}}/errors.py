@@ -6,12 +6,12 @@ requests would keep the last request's traceback (and with it its frames and dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 
@@ -44,6 +44,11 @@ def insufficient_scope(scopes: Iterable[str]) -> HTTPException:
     )
 
 
+def rate_limited(headers: Mapping[str, str]) -> HTTPException:
+    """429 with `Retry-After` (whole seconds) and the RateLimit headers."""
+    return HTTPException(status_code=429, detail="Too many requests", headers=dict(headers))
+
+
 def service_unavailable() -> JSONResponse:
     """503 for a Redis that does not answer in time; the client may retry shortly."""
     return JSONResponse(
@@ -53,11 +58,16 @@ def service_unavailable() -> JSONResponse:
     )
 
 
+logger = logging.getLogger(__name__)
+
+
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The class name only: Redis error texts can hold key names, and key names hold user names.
+    logger.warning("Redis unavailable (%s): answered 503", type(exc).__name__)
     return service_unavailable()
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map infrastructure failures to clear answers instead of a 500."""
-    for error in (RedisConnectionError, RedisTimeoutError, TimeoutError):
+    """Map Redis failures (down, too slow, out of memory, read-only, failing over) to 503."""
+    for error in (RedisError, TimeoutError):
         app.add_exception_handler(error, _redis_unavailable)

@@ -14,6 +14,7 @@ from .auth.sessions import SessionStore
 from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
+from .limits import Limiter
 from .redis import create_redis
 from .settings import Settings, get_settings
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         redis = create_redis(settings)
         app.state.redis = redis
         app.state.sessions = SessionStore(redis, settings)
+        app.state.limiter = Limiter(redis, settings)
         try:
             yield
         finally:

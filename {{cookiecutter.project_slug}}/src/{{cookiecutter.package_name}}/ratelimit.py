@@ -19,6 +19,7 @@ from dataclasses import dataclass
 PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 60 * 60}
 RATE_PATTERN = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
 MICROSECONDS = 1_000_000
+DEFAULT_POLICY = "user"  # the name in the RateLimit headers of the per-user limit
 
 
 @dataclass(frozen=True, slots=True)

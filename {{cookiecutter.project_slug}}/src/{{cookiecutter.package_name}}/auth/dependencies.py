@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from .. import errors
+from ..limits import check_policy_name
+from ..ratelimit import DEFAULT_POLICY, Rate
 from .tokens import MAX_TOKEN_BYTES, Principal
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
@@ -41,20 +43,52 @@ class BearerToken(OAuth2PasswordBearer):
 bearer_token = BearerToken(tokenUrl="auth/token", auto_error=False)
 
 
-async def current_principal(
-    request: Request, token: Annotated[str | None, Depends(bearer_token)]
+async def authenticate(
+    request: Request, response: Response, token: str | None, rate: Rate, policy: str
 ) -> Principal:
-    """The caller, from a valid access token whose session is still alive; otherwise 401."""
+    """The caller, from a valid access token whose session is alive and within its limit."""
     if token is None:
         raise errors.invalid_token()
     state = request.app.state
     principal: Principal | None = state.token_verifier.verify(token)
     if principal is None:
         raise errors.invalid_token()
-    # One Redis call per request: logout, logout-all and refresh-token reuse end sessions here.
-    if not await state.sessions.check(principal.sub, principal.sid):
+    # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end it)
+    # and the user may make one more request under `rate`.
+    decision = await state.sessions.admit(principal.sub, principal.sid, rate, policy)
+    if decision is None:
         raise errors.invalid_token()
+    headers = decision.headers(rate, policy)
+    if not decision.allowed:
+        raise errors.rate_limited(headers)
+    response.headers.update(headers)
     return principal
+
+
+async def current_principal(
+    request: Request, response: Response, token: Annotated[str | None, Depends(bearer_token)]
+) -> Principal:
+    """The caller, limited by `APP_RATE_LIMIT`; otherwise 401 (or 429 over the limit)."""
+    return await authenticate(
+        request, response, token, request.app.state.settings.rate_limit, DEFAULT_POLICY
+    )
+
+
+def limited_principal(rate: Rate, policy: str) -> Callable[..., Awaitable[Principal]]:
+    """Like `current_principal`, with its own limit, e.g. for an expensive route:
+
+        Expensive = Annotated[Principal, Depends(limited_principal(Rate(5, 60), "export"))]
+
+    Each policy has its own bucket per user and its own name in the RateLimit headers.
+    """
+    check_policy_name(policy)
+
+    async def principal_within(
+        request: Request, response: Response, token: Annotated[str | None, Depends(bearer_token)]
+    ) -> Principal:
+        return await authenticate(request, response, token, rate, policy)
+
+    return principal_within
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import errors
+from ..limits import LOGIN_POLICY, client_of
 from .dependencies import CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
 from .sessions import Session
@@ -43,14 +44,23 @@ def token_pair(request: Request, session: Session) -> TokenPair:
 @router.post("/token", responses=UNAUTHORIZED)
 async def login(
     request: Request,
+    response: Response,
     username: Annotated[str, Form(max_length=MAX_USERNAME_INPUT)],
     password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
 ) -> TokenPair:
     """OAuth2 password flow: a user name and password for an access and a refresh token.
 
-    An unknown user and a wrong password take the same path, the same time and the same 401.
+    Attempts are limited per client address and per account (`APP_LOGIN_RATE_LIMIT`) before any
+    password is checked. An unknown user and a wrong password take the same path, the same time
+    and the same 401.
     """
     state = request.app.state
+    rate = state.settings.login_rate_limit
+    decision = await state.limiter.login_attempt(client_of(request), username)
+    headers = decision.headers(rate, LOGIN_POLICY)
+    if not decision.allowed:
+        raise errors.rate_limited(headers)
+    response.headers.update(headers)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
     if not await state.password_checker.check(password_hash, password) or user is None:
@@ -68,15 +78,14 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
     return token_pair(request, session)
 
 
-@router.post("/logout", status_code=204, responses=UNAUTHORIZED)
-async def logout(request: Request, principal: CurrentPrincipal) -> Response:
+# These return None, not a Response, so the RateLimit headers set by the dependency are kept.
+@router.post("/logout", status_code=204, response_class=Response, responses=UNAUTHORIZED)
+async def logout(request: Request, principal: CurrentPrincipal) -> None:
     """End this session: its access and refresh tokens stop working on the next request."""
     await request.app.state.sessions.revoke(principal.sub, principal.sid)
-    return Response(status_code=204)
 
 
-@router.post("/logout-all", status_code=204, responses=UNAUTHORIZED)
-async def logout_all(request: Request, principal: CurrentPrincipal) -> Response:
+@router.post("/logout-all", status_code=204, response_class=Response, responses=UNAUTHORIZED)
+async def logout_all(request: Request, principal: CurrentPrincipal) -> None:
     """End every session of this user, in every process, on the next request."""
     await request.app.state.sessions.revoke_all(principal.sub)
-    return Response(status_code=204)

@@ -8,6 +8,8 @@ is still alive, so logging out takes effect at once in every process. Keys (pref
                          TTL: min(idle TTL, absolute expiry - now), slid on use
     p:{sub}:sessions     sorted set: sid -> absolute expiry (ms); pruned and capped at login,
                          TTL: its latest member's expiry
+    p:{sub}:rl           the user's rate-limit bucket (GCRA; `:rl:<policy>` for other policies),
+                         TTL: as long as it still limits
 
 Time is Redis's own (`TIME` inside the scripts), so app servers with skewed clocks agree.
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from .. import scripts
+from ..ratelimit import DEFAULT_POLICY, Decision, Rate
 from ..settings import Settings
 from .users import USERNAME_PATTERN
 
@@ -90,12 +93,16 @@ class SessionStore:
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
         self._max_sessions = settings.max_sessions_per_user
         self._create = scripts.register(redis, "session_create.lua")
-        self._request = scripts.register(redis, "request.lua")
+        self._request = scripts.register(redis, "request.lua", with_gcra=True)
         self._refresh = scripts.register(redis, "session_refresh.lua")
         self._revoke_all = scripts.register(redis, "session_revoke_all.lua")
 
     def session_key(self, sub: str, sid: str) -> str:
         return f"{self._session_key_prefix(sub)}{sid}"
+
+    def rate_limit_key(self, sub: str, policy: str = DEFAULT_POLICY) -> str:
+        suffix = "" if policy == DEFAULT_POLICY else f":{policy}"
+        return f"{self._prefix}:{hash_tag(sub)}:rl{suffix}"
 
     def index_key(self, sub: str) -> str:
         return f"{self._prefix}:{hash_tag(sub)}:sessions"
@@ -121,10 +128,19 @@ class SessionStore:
         )
         return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=refresh_token)
 
-    async def check(self, sub: str, sid: str) -> bool:
-        """True when the session is alive (its idle TTL slides); a dead one writes nothing."""
-        reply = await self._request(keys=[self.session_key(sub, sid)], args=[self._idle_ms])
-        return bool(reply[0] == 1)
+    async def admit(
+        self, sub: str, sid: str, rate: Rate, policy: str = DEFAULT_POLICY
+    ) -> Decision | None:
+        """One Redis call per request: None when the session is gone (nothing is written then);
+        otherwise the session's idle TTL slides and a token is taken from the user's bucket."""
+        interval_us, burst = rate.script_args()
+        reply = await self._request(
+            keys=[self.session_key(sub, sid), self.rate_limit_key(sub, policy)],
+            args=[self._idle_ms, interval_us, burst],
+        )
+        if reply[0] != 1:
+            return None
+        return Decision.from_script(*reply[1:5])
 
     async def rotate_refresh(self, refresh_token: str) -> Session | None:
         """Spend `refresh_token` and return the session with its next one, or None.

@@ -1,17 +1,19 @@
--- The one Redis call of an authenticated request: is the session alive? If so, slide its idle TTL.
--- KEYS[1] session hash (p:{sub}:sess:<sid>)
--- ARGV[1] idle TTL (ms)
--- Returns an array whose first element is 1 (alive) or 0 (gone); the rate limit will add to it
--- (KEYS[2] = p:{sub}:rl, same hash tag). A request whose session is gone writes nothing.
+-- The one Redis call of an authenticated request: is the session alive, and may it make one
+-- more request under its rate limit? (gcra.lua is put in front of this file by the loader.)
+-- KEYS[1] session hash (p:{sub}:sess:<sid>)   KEYS[2] rate-limit bucket (p:{sub}:rl...)
+-- ARGV[1] idle TTL (ms)   ARGV[2] emission interval (microseconds)   ARGV[3] burst
+-- Returns {0} when the session is gone, and then writes nothing; otherwise slides the session's
+-- idle TTL (never past its absolute expiry) and returns
+-- {1, allowed, remaining, retry_after_us, reset_us}.
 local expires = redis.call('HGET', KEYS[1], 'abs_exp_ms')
 if not expires then
     return {0}
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local remaining = tonumber(expires) - now
-if remaining <= 0 then
+local now = now_us()
+local remaining_ms = tonumber(expires) - math.floor(now / 1000)
+if remaining_ms <= 0 then
     return {0}  -- about to expire by itself
 end
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), remaining))
-return {1}
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), remaining_ms))
+local decision = gcra({KEYS[2]}, tonumber(ARGV[2]), tonumber(ARGV[3]), now)
+return {1, decision[1], decision[2], decision[3], decision[4]}

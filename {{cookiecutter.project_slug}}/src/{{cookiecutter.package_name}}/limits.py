@@ -1,0 +1,102 @@
+"""Rate limits that do not need a session: login attempts, and per-client limits on public routes.
+
+Authenticated routes are limited per user inside the session check (`SessionStore.admit`), in
+the same Redis call. The limits here run before anyone is known, so they key on the client's
+address (see `network.client_address`) and, for login, also on the attempted account.
+
+Keys (prefix `p`): `p:{login}:client:<address>` and `p:{login}:account:<digest>` share one hash
+tag, so one script takes from both atomically (on Redis Cluster they live on one node; login
+traffic is small next to authenticated traffic). Public-route buckets are
+`p:{client:<address>}:<policy>`. Every key expires as soon as it no longer limits.
+
+With `APP_RATE_LIMIT_FAIL_OPEN=true` these limiters let requests through when Redis does not
+answer, instead of failing them with 503. That keeps public routes up during a Redis outage, at
+the price of no limit while it lasts; logins still fail then, because sessions need Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import errors, scripts
+from .auth.sessions import hash_tag
+from .network import client_address
+from .ratelimit import Decision, Rate
+from .settings import Settings
+
+LOGIN_POLICY = "login"
+POLICY_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")  # a policy name is part of keys and headers
+
+logger = logging.getLogger(__name__)
+
+
+def check_policy_name(policy: str) -> str:
+    if not POLICY_PATTERN.fullmatch(policy):
+        raise ValueError(f"{policy!r} is not a policy name; use 1 to 32 of a-z 0-9 _ -")
+    return policy
+
+
+class Limiter:
+    """Per-client and per-account buckets in Redis, one script call per check."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._prefix = settings.redis_key_prefix
+        self._login_rate = settings.login_rate_limit
+        self._fail_open = settings.rate_limit_fail_open
+        self._take = scripts.register(redis, "limit.lua", with_gcra=True)
+
+    async def login_attempt(self, client: str, username: str) -> Decision:
+        """Take one attempt from the client's and the account's buckets (both, or neither)."""
+        # The account is keyed by a digest: attempted names are attacker-chosen text.
+        account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+        tag = hash_tag(LOGIN_POLICY)
+        keys = [
+            f"{self._prefix}:{tag}:client:{client}",
+            f"{self._prefix}:{tag}:account:{account}",
+        ]
+        return await self._take_or_fail_open(keys, self._login_rate)
+
+    async def client_request(self, client: str, rate: Rate, policy: str) -> Decision:
+        """Take one request from the client's bucket for `policy`."""
+        key = f"{self._prefix}:{hash_tag('client:' + client)}:{policy}"
+        return await self._take_or_fail_open([key], rate)
+
+    async def _take_or_fail_open(self, keys: list[str], rate: Rate) -> Decision:
+        try:
+            reply = await self._take(keys=keys, args=list(rate.script_args()))
+        except (RedisError, OSError, TimeoutError) as error:
+            if not self._fail_open:
+                raise
+            logger.warning("rate limiter skipped, Redis unavailable: %s", type(error).__name__)
+            return Decision(allowed=True, remaining=rate.limit, retry_after_us=0, reset_us=0)
+        return Decision.from_script(*reply)
+
+
+def client_of(request: Request) -> str:
+    """The client's address, believing `X-Forwarded-For` only from `APP_TRUSTED_PROXIES`."""
+    peer = request.client.host if request.client else None
+    forwarded_for = ",".join(request.headers.getlist("x-forwarded-for"))
+    return client_address(peer, forwarded_for, request.app.state.settings.trusted_proxies)
+
+
+def limit_by_client(rate: Rate, policy: str) -> Callable[[Request, Response], Awaitable[None]]:
+    """A dependency limiting a route per client address, for routes without a login. E.g.
+    `@router.get("/prices", dependencies=[Depends(limit_by_client(Rate(30, 60), "public"))])`.
+    """
+    check_policy_name(policy)
+
+    async def within_client_limit(request: Request, response: Response) -> None:
+        decision = await request.app.state.limiter.client_request(client_of(request), rate, policy)
+        headers = decision.headers(rate, policy)
+        if not decision.allowed:
+            raise errors.rate_limited(headers)
+        response.headers.update(headers)
+
+    return within_client_limit
