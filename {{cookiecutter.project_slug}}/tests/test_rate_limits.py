@@ -35,9 +35,7 @@ Exporter = Annotated[Principal, Depends(limited_principal(Rate(2, 3600), "export
 
 
 @pytest.fixture
-def limited(
-    redis_url: str, key_files: dict[str, Path], tmp_path: Path
-) -> Iterator[MakeSettings]:
+def limited(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[MakeSettings]:
     """Settings with the given limits on the session's Redis; keys are removed afterwards."""
     made: list[Settings] = []
 
@@ -142,7 +140,9 @@ async def test_successful_limited_responses_carry_the_headers(limited: MakeSetti
     settings = limited(rate_limit="100/minute", login_rate_limit="5/minute")
     add_user(settings, "alice")
     async with running(create_app(settings)) as client:
-        response = await client.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+        response = await client.post(
+            "/auth/token", data={"username": "alice", "password": PASSWORD}
+        )
         assert response.headers["RateLimit-Policy"] == '"login";q=5;w=60'
         assert response.headers["RateLimit"].startswith('"login";r=4;')
         token = response.json()["access_token"]
@@ -198,8 +198,7 @@ async def test_many_addresses_against_one_account_are_limited_too(limited: MakeS
     settings = limited(login_rate_limit="3/minute", trusted_proxies="127.0.0.1/32")
     async with running(create_app(settings)) as client:
         statuses = [
-            (await wrong_password(client, "Alice", f"198.51.100.{i}")).status_code
-            for i in range(4)
+            (await wrong_password(client, "Alice", f"198.51.100.{i}")).status_code for i in range(4)
         ]
         # Case does not open a new bucket.
         other_case = await wrong_password(client, "alice", "198.51.100.200")
