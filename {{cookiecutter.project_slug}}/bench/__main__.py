@@ -53,6 +53,13 @@ class Round:
     p50_ms: float
     p99_ms: float
     rss_mib: float
+    cpu_us_per_request: float  # the server's own CPU time: robust on a busy machine
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
@@ -256,10 +263,12 @@ def benchmark(args: argparse.Namespace) -> int:
             rounds: list[Round] = []
             for _ in range(args.rounds):
                 for route in ("/health/live", "/me"):
+                    cpu_before = cpu_seconds(process.pid)
                     total, rate, p50, p99 = load(
                         f"{base_url}{route}", tokens, tokens_file, args.seconds, args.connections
                     )
-                    rounds.append(Round(route, total, rate, p50, p99, rss_mib(process.pid)))
+                    cpu_us = (cpu_seconds(process.pid) - cpu_before) * 1e6 / max(total, 1)
+                    rounds.append(Round(route, total, rate, p50, p99, rss_mib(process.pid), cpu_us))
             report(rounds)
             print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
             for route in ("/health/live", "/me"):
@@ -268,11 +277,11 @@ def benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-TABLE_ROW = "{:>5}  {:<13} {:>9} {:>7} {:>7} {:>8}"
+TABLE_ROW = "{:>5}  {:<13} {:>9} {:>7} {:>7} {:>8} {:>10}"
 
 
 def report(rounds: list[Round]) -> None:
-    columns = ("round", "route", "req/s", "p50 ms", "p99 ms", "RSS MiB")
+    columns = ("round", "route", "req/s", "p50 ms", "p99 ms", "RSS MiB", "CPU us/req")
     print("\n" + TABLE_ROW.format(*columns))
     for number, item in enumerate(rounds):
         values = (
@@ -282,6 +291,7 @@ def report(rounds: list[Round]) -> None:
             f"{item.p50_ms:.2f}",
             f"{item.p99_ms:.2f}",
             f"{item.rss_mib:.1f}",
+            f"{item.cpu_us_per_request:.0f}",
         )
         print(TABLE_ROW.format(*values))
     ratios = [
@@ -292,6 +302,16 @@ def report(rounds: list[Round]) -> None:
         f"\n/me ÷ /health/live per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
         f"median {statistics.median(ratios):.2f} (target >= 0.50)"
     )
+    cpu_ratios = [
+        live.cpu_us_per_request / me.cpu_us_per_request
+        for live, me in zip(rounds[::2], rounds[1::2], strict=True)
+        if me.cpu_us_per_request
+    ]
+    if cpu_ratios:
+        print(
+            "server CPU per request, /health/live ÷ /me (the throughput ratio a server-bound "
+            f"run would show): median {statistics.median(cpu_ratios):.2f}"
+        )
 
 
 def soak(
