@@ -1,0 +1,73 @@
+"""A deliberately leaky app, for the memory tests to catch. Never copy this into the service.
+
+It is the service plus what much tutorial code does: decode the bearer token and keep the
+decoded payload in a module-level dict keyed by subject ("a cache of the current users").
+Nothing ever removes an entry, so memory grows with every new user that calls. The memory
+canary in test_memory.py runs the same measurement on this app as on the real one and requires
+the detector to fail here; if it ever passes, the memory test has stopped biting.
+
+The leak is added as pure ASGI middleware, so the routes, the answers and the workload are
+exactly those of the real service; only the retention differs. Call `forget_payloads()` after
+each use so the leak cannot outlive the test that wanted it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from jose import jwt
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+# The leak: decoded payloads by subject, kept for the life of the process.
+PAYLOADS: dict[str, dict[str, Any]] = {}
+
+
+class RememberPayloads:
+    """Decodes every bearer token it sees and keeps the payload. This is the bug."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        if settings.jwt_secret is not None and settings.jwt_algorithm.startswith("HS"):
+            self.key = settings.jwt_secret.get_secret_value()
+        elif settings.jwt_public_key_file is not None:
+            self.key = settings.jwt_public_key_file.read_text(encoding="utf-8")
+        else:
+            raise ValueError("no verification key in these settings")
+        self.algorithm = settings.jwt_algorithm
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.remember(Headers(scope=scope).get("authorization", ""))
+        await self.app(scope, receive, send)
+
+    def remember(self, authorization: str) -> None:
+        _, _, token = authorization.partition(" ")
+        try:
+            payload = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+            )
+        except Exception:  # any token that does not decode is simply not remembered
+            return
+        PAYLOADS[str(payload.get("sub"))] = payload
+
+
+def create_leaky_app(settings: Settings) -> FastAPI:
+    """The real app, plus the tutorial leak in front of it."""
+    app = create_app(settings)
+    app.add_middleware(RememberPayloads, settings=settings)
+    return app
+
+
+def forget_payloads() -> None:
+    PAYLOADS.clear()
