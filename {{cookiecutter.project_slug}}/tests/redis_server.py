@@ -19,6 +19,8 @@ NO_REDIS = (
     "or `docker compose up -d redis` and REDIS_URL=redis://:$REDIS_PASSWORD@127.0.0.1:6379/15."
 )
 START_TIMEOUT_SECONDS = 10
+CLUSTER_BUS_PORT_OFFSET = 10000  # a cluster node also listens on its port + 10000
+MAX_PORT = 65535
 
 
 def free_port() -> int:
@@ -26,6 +28,28 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid port and free too.
+
+    Ephemeral ports often lie above 55535, where the bus port would not exist and
+    `redis-server --cluster-enabled yes` would exit at once.
+    """
+    while True:
+        port = free_port()
+        bus_port = port + CLUSTER_BUS_PORT_OFFSET
+        if bus_port <= MAX_PORT and is_free(bus_port):
+            return port
 
 
 class RedisServer:
@@ -38,7 +62,7 @@ class RedisServer:
         self.binary = binary
         self.password = password
         self.cluster = cluster
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster else free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -83,6 +107,22 @@ class RedisServer:
         """Freeze the process (SIGSTOP): connections stay open, nothing answers."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        self._wait_for_state("T")
+
+    def _wait_for_state(self, state: str) -> None:
+        """On Linux, wait until the kernel reports the process in `state` (T: stopped)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                # "pid (comm) state ...": the state follows the last parenthesis.
+                current = status.read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                return  # no procfs: SIGSTOP takes effect almost at once anyway
+            if current == state:
+                return
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.process is not None

@@ -3,17 +3,25 @@
 Every timeout is explicit. redis-py's defaults (5 s socket timeouts, several retries with backoff)
 would make a request wait many seconds on a stalled Redis; here a call either answers within
 `APP_REDIS_TIMEOUT_SECONDS` or fails, and the app turns the failure into a 503.
+
+`APP_REDIS_CLUSTER=true` selects the Redis Cluster client; `APP_REDIS_URL` then names any one
+node and the client discovers the rest. Every script touches the keys of one `{hash tag}` only,
+so each call goes to the one node that owns that slot. For failover without a cluster, point
+`APP_REDIS_URL` at a managed Redis endpoint that follows its primary (see the README).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from .settings import Settings
 
@@ -21,7 +29,14 @@ HEALTH_CHECK_INTERVAL_SECONDS = 30  # PING an idle pooled connection before reus
 
 
 def create_redis(settings: Settings) -> Redis:
-    """A client over a bounded pool; callers wait at most the timeout for a free connection."""
+    """A client over a bounded pool; callers wait at most the timeout for a free connection.
+
+    With `APP_REDIS_CLUSTER` the client is a `ClusterClient`. It is typed as `Redis` because
+    it offers every call the service makes (`register_script`, a single-slot `pipeline`,
+    `ping`, `aclose`) with the same signatures.
+    """
+    if settings.redis_cluster:
+        return cast(Redis, create_cluster_client(settings))
     timeout = settings.redis_timeout_seconds
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -37,8 +52,55 @@ def create_redis(settings: Settings) -> Redis:
     return Redis(connection_pool=pool)
 
 
-async def is_ready(redis: Redis, timeout_seconds: float) -> bool:
-    """True when Redis answers PING within the timeout."""
+class ClusterClient(RedisCluster):
+    """`RedisCluster` with a bounded, waiting pool and `Redis.aclose`'s signature.
+
+    RedisCluster keeps a pool per node of at most `max_connections` and raises at once when one
+    is exhausted; it has no blocking pool. So commands here first take one of
+    `max_connections` permits, waiting at most the timeout, as `BlockingConnectionPool` does:
+    a burst queues briefly instead of failing, and no node ever sees more than
+    `max_connections` connections from this process for commands and scripts.
+    """
+
+    def __init__(self, *args: Any, wait_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(kwargs["max_connections"])
+        self._wait_timeout = wait_timeout
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        async with asyncio.timeout(self._wait_timeout):
+            await self._permits.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._permits.release()
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close every node's connections (the argument exists for `Redis.aclose` callers)."""
+        await super().aclose()
+
+
+def create_cluster_client(settings: Settings) -> ClusterClient:
+    timeout = settings.redis_timeout_seconds
+    client = ClusterClient.from_url(
+        settings.redis_url,
+        wait_timeout=timeout,  # waiting for a free permit
+        max_connections=settings.redis_max_connections,  # per node
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
+        # No cluster-level retry: RedisCluster would retry timeouts too, after rediscovering the
+        # topology, so one stalled node would cost several timeouts. A failed call is a 503, and
+        # the next call rediscovers the nodes (after a failover or a restart).
+        retry=Retry(NoBackoff(), retries=0),
+    )
+    if not isinstance(client, ClusterClient):  # from_url builds `cls`, typed as its base class
+        raise TypeError("RedisCluster.from_url did not build a ClusterClient")
+    return client
+
+
+async def is_ready(redis: Redis | RedisCluster, timeout_seconds: float) -> bool:
+    """True when Redis (on a cluster: every primary) answers PING within the timeout."""
     try:
         async with asyncio.timeout(timeout_seconds):
             return bool(await redis.ping())

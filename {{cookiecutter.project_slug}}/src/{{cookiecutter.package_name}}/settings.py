@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     redis_max_connections: int = Field(default=64, ge=1)
+    redis_cluster: bool = False  # Redis Cluster client; APP_REDIS_URL names any one node
     redis_key_prefix: str = Field(default="{{ cookiecutter.project_slug }}", pattern=r"^[A-Za-z0-9_.:-]+$")
 
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "{{ cookiecutter.jwt_algorithm }}"

@@ -87,7 +87,6 @@ class SessionStore:
     """Create, check, continue (rotate the refresh token) and end sessions; one script call each."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self._redis = redis
         self._prefix = settings.redis_key_prefix
         self._idle_ms = settings.session_idle_ttl_seconds * 1000
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
@@ -95,6 +94,7 @@ class SessionStore:
         self._create = scripts.register(redis, "session_create.lua")
         self._request = scripts.register(redis, "request.lua", with_gcra=True)
         self._refresh = scripts.register(redis, "session_refresh.lua")
+        self._revoke = scripts.register(redis, "session_revoke.lua")
         self._revoke_all = scripts.register(redis, "session_revoke_all.lua")
 
     def session_key(self, sub: str, sid: str) -> str:
@@ -169,11 +169,8 @@ class SessionStore:
         return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=next_token)
 
     async def revoke(self, sub: str, sid: str) -> None:
-        """End one session."""
-        async with self._redis.pipeline(transaction=True) as pipe:  # MULTI/EXEC: both or none
-            pipe.delete(self.session_key(sub, sid))
-            pipe.zrem(self.index_key(sub), sid)
-            await pipe.execute()
+        """End one session (a script, so it is one atomic call on Redis and on Redis Cluster)."""
+        await self._revoke(keys=[self.session_key(sub, sid), self.index_key(sub)], args=[sid])
 
     async def revoke_all(self, sub: str) -> int:
         """End every session of `sub`; returns how many were alive."""
