@@ -60,7 +60,7 @@ def service(
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+        process.communicate()  # reap it and close its output pipe
 
 
 def test_serve_answers_and_stops_cleanly_on_sigterm(

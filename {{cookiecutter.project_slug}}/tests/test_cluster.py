@@ -1,0 +1,242 @@
+"""Redis Cluster (`APP_REDIS_CLUSTER=true`): every flow on a real three-master cluster.
+
+The cluster is made of `redis-server` processes on loopback ports (see `redis_cluster.py`).
+What is checked beyond "it works": a user's keys all hash to one slot (so each script runs on
+one node), and the test users really are spread over more than one node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+from redis.crc import key_slot
+
+from {{ cookiecutter.package_name }}.auth.sessions import hash_tag
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.redis import ClusterClient
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import make_settings, running
+from .helpers import add_user, assert_invalid_token, bearer, login, me
+from .redis_cluster import RedisClusterServers
+
+pytestmark = pytest.mark.anyio
+
+USERS = [f"cluster-user-{number}" for number in range(6)]
+SESSIONS_PER_USER = 3
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    try:
+        servers = RedisClusterServers()
+    except FileNotFoundError as missing:
+        pytest.skip(f"Redis Cluster tests need {missing}")
+    servers.start()  # stops what it started if the cluster does not form
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="module")
+def inspector(cluster: RedisClusterServers) -> Iterator[dict[str, Redis]]:
+    """A plain client per node (not a cluster client): each sees only the keys it holds."""
+    clients = {
+        f"127.0.0.1:{node.port}": Redis(port=node.port, decode_responses=True)
+        for node in cluster.nodes
+    }
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cluster-users") / "users.json"
+
+
+@pytest.fixture
+def cluster_settings(
+    cluster: RedisClusterServers, key_files: dict[str, Path], users_file: Path
+) -> Settings:
+    """Settings for the cluster; the first use also writes the test users."""
+    settings = cluster_settings_for(cluster, key_files, users_file)
+    if not users_file.exists():
+        for name in USERS:
+            add_user(settings, name, scopes=["read"])
+    return settings
+
+
+def cluster_settings_for(
+    cluster: RedisClusterServers, key_files: dict[str, Path], users_file: Path, **values: Any
+) -> Settings:
+    return make_settings(
+        cluster.url, key_files, redis_cluster=True, users_file=users_file, **values
+    )
+
+
+def user_keys(inspector: dict[str, Redis], settings: Settings, name: str) -> dict[str, list[str]]:
+    """The keys the service holds for `name`, by the node that actually stores them."""
+    pattern = f"{settings.redis_key_prefix}:{hash_tag(name)}:*"
+    found = {node: sorted(client.scan_iter(match=pattern)) for node, client in inspector.items()}
+    return {node: keys for node, keys in found.items() if keys}
+
+
+def placement(inspector: dict[str, Redis], settings: Settings, name: str) -> tuple[str, int]:
+    """(node, slot) of every key of `name`; fails unless all of them share one slot."""
+    by_node = user_keys(inspector, settings, name)
+    assert len(by_node) == 1, f"{name}'s keys are on several nodes: {by_node}"
+    ((node, keys),) = by_node.items()
+    server = inspector[node]
+    slots = {int(server.cluster("KEYSLOT", key)) for key in keys}
+    assert len(slots) == 1, f"{name}'s keys span slots {slots}: {keys}"
+    assert slots == {key_slot(hash_tag(name).encode())}
+    return node, slots.pop()
+
+
+async def test_the_setting_selects_the_cluster_client(cluster_settings: Settings) -> None:
+    app = create_app(cluster_settings)
+    async with running(app) as client:
+        assert isinstance(app.state.redis, ClusterClient)
+        assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_login_me_refresh_reuse_and_logout(
+    cluster_settings: Settings, inspector: dict[str, Redis]
+) -> None:
+    async with running(create_app(cluster_settings)) as client:
+        name = USERS[0]
+        first = await login(client, name)
+        response = await me(client, first["access_token"])
+        assert response.status_code == 200
+        assert response.json() == {"sub": name, "scopes": ["read"]}
+
+        refreshed = await client.post(
+            "/auth/refresh", json={"refresh_token": first["refresh_token"]}
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        second = refreshed.json()
+        assert (await me(client, second["access_token"])).status_code == 200
+
+        # Replaying the spent refresh token ends the session: both of its tokens die.
+        replay = await client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+        assert_invalid_token(replay)
+        assert_invalid_token(await me(client, second["access_token"]))
+        again = await client.post("/auth/refresh", json={"refresh_token": second["refresh_token"]})
+        assert_invalid_token(again)
+
+        # Logout (a MULTI/EXEC pipeline on two keys of one slot) ends one session only.
+        third, fourth = await login(client, name), await login(client, name)
+        logout = await client.post("/auth/logout", headers=bearer(third["access_token"]))
+        assert logout.status_code == 204
+        assert_invalid_token(await me(client, third["access_token"]))
+        assert (await me(client, fourth["access_token"])).status_code == 200
+        refresh_after_logout = await client.post(
+            "/auth/refresh", json={"refresh_token": third["refresh_token"]}
+        )
+        assert_invalid_token(refresh_after_logout)
+
+    placement(inspector, cluster_settings, name)  # one node, one slot
+
+
+async def test_logout_all_ends_every_session_of_users_spread_over_nodes(
+    cluster: RedisClusterServers,
+    key_files: dict[str, Path],
+    users_file: Path,
+    cluster_settings: Settings,
+    inspector: dict[str, Redis],
+) -> None:
+    # A limit the test never reaches but whose buckets live long enough to be seen.
+    settings = cluster_settings_for(cluster, key_files, users_file, rate_limit="1000/hour")
+    async with running(create_app(settings)) as client:
+        pairs = {
+            name: [await login(client, name) for _ in range(SESSIONS_PER_USER)] for name in USERS
+        }
+        for name, sessions in pairs.items():
+            for pair in sessions:
+                response = await me(client, pair["access_token"])
+                assert response.json()["sub"] == name
+
+        placed: dict[str, tuple[str, int]] = {}
+        for name in USERS:
+            (keys,) = user_keys(inspector, settings, name).values()
+            # One session hash per login, the session index and the rate-limit bucket.
+            assert len(keys) == SESSIONS_PER_USER + 2, keys
+            placed[name] = placement(inspector, settings, name)
+        print("\nnodes:", ", ".join(inspector))
+        for name, (node, slot) in placed.items():
+            print(f"{name}: slot {slot} on {node}")
+        nodes_used = {node for node, _ in placed.values()}
+        assert len(nodes_used) > 1, f"every test user landed on one node: {placed}"
+
+        # Logout-all for all users but the last: each one's sessions end, wherever they live.
+        for name in USERS[:-1]:
+            pair = pairs[name][0]
+            response = await client.post("/auth/logout-all", headers=bearer(pair["access_token"]))
+            assert response.status_code == 204
+            for other in pairs[name]:
+                assert_invalid_token(await me(client, other["access_token"]))
+                refresh = await client.post(
+                    "/auth/refresh", json={"refresh_token": other["refresh_token"]}
+                )
+                assert_invalid_token(refresh)
+            left = [
+                key
+                for keys in user_keys(inspector, settings, name).values()
+                for key in keys
+                if ":sess" in key
+            ]
+            assert left == []
+        # The last user was not logged out: every session of theirs still works.
+        for pair in pairs[USERS[-1]]:
+            assert (await me(client, pair["access_token"])).status_code == 200
+
+
+async def test_authenticated_requests_are_rate_limited_on_the_cluster(
+    cluster: RedisClusterServers,
+    key_files: dict[str, Path],
+    users_file: Path,
+    cluster_settings: Settings,
+) -> None:
+    """The per-user bucket lives in the user's slot, beside the session: 5/minute, then 429."""
+    settings = cluster_settings_for(cluster, key_files, users_file, rate_limit="5/minute")
+    async with running(create_app(settings)) as client:
+        token = (await login(client, USERS[1]))["access_token"]
+        statuses = [(await me(client, token)).status_code for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+        limited = await me(client, token)
+        assert int(limited.headers["Retry-After"]) >= 1
+        # Another user has a bucket of their own (on their own slot).
+        other = (await login(client, USERS[2]))["access_token"]
+        assert (await me(client, other)).status_code == 200
+
+
+async def test_a_burst_beyond_the_pool_waits_for_a_connection_instead_of_failing(
+    cluster: RedisClusterServers,
+    key_files: dict[str, Path],
+    users_file: Path,
+    cluster_settings: Settings,
+) -> None:
+    """200 requests at once over 4 connections per node: each waits its turn, gets its own user.
+
+    RedisCluster alone raises `MaxConnectionsError` (a 503) as soon as a node's pool is empty.
+    """
+    settings = cluster_settings_for(
+        cluster, key_files, users_file, redis_max_connections=4, redis_timeout_seconds=5
+    )
+    async with running(create_app(settings)) as client:
+        tokens = {name: (await login(client, name))["access_token"] for name in USERS}
+        names = [USERS[number % len(USERS)] for number in range(200)]
+        responses: list[httpx.Response] = await asyncio.gather(
+            *(me(client, tokens[name]) for name in names)
+        )
+    for name, response in zip(names, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json()["sub"] == name

@@ -1,0 +1,268 @@
+"""Several `python -m {{ cookiecutter.package_name }} serve` processes on one Redis, and SIGTERM.
+
+Nothing about a session lives in a process: logout, refresh-token reuse and the rate limit are
+all decided in Redis, so what one process does, every other sees on its next request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import {{ cookiecutter.package_name }}
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import CHEAP_ARGON2, delete_keys, make_settings
+from .helpers import INVALID_TOKEN, PASSWORD, add_user
+from .redis_server import RedisServer, free_port
+from .test_cli import service_environment, wait_for
+
+SHARED_RATE = 20  # per minute, for the shared-limit test; other tests stay far below it
+STOP_SECONDS = 5  # SIGTERM to exit, in-flight requests included
+IN_FLIGHT = 24
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[str]
+    url: str
+
+    def get(self, path: str, token: str) -> httpx.Response:
+        return httpx.get(self.url + path, headers=bearer(token), timeout=10)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=10, **kwargs)
+
+    def login(self, name: str) -> dict[str, Any]:
+        response = self.post("/auth/token", data={"username": name, "password": PASSWORD})
+        assert response.status_code == 200, response.text
+        pair: dict[str, Any] = response.json()
+        return pair
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def start_service(environment: dict[str, str], cwd: Path) -> Service:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
+        env=environment,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Service(process, f"http://127.0.0.1:{port}")
+
+
+def wait_until_ready(service: Service) -> None:
+    try:
+        response = wait_for(f"{service.url}/health/ready", service.process)
+    except AssertionError:
+        kill(service)
+        output = service.process.stdout.read() if service.process.stdout else ""
+        raise AssertionError(f"the service did not start:\n{output}") from None
+    assert response.status_code == 200, response.text
+
+
+def kill(service: Service) -> None:
+    if service.process.poll() is None:
+        service.process.kill()
+        service.process.communicate()
+
+
+def environment_for(
+    settings: Settings, redis_url: str, key_files: dict[str, Path]
+) -> dict[str, str]:
+    """What `serve` needs to agree with `settings`: Redis, key prefix, users, limits, hashing,
+    and the very code under test (it may be importable only through a relative PYTHONPATH)."""
+    source = Path({{ cookiecutter.package_name }}.__file__).resolve().parents[1]
+    python_path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    return service_environment(
+        redis_url,
+        key_files,
+        PYTHONPATH=python_path,
+        APP_REDIS_KEY_PREFIX=settings.redis_key_prefix,
+        APP_USERS_FILE=str(settings.users_file),
+        APP_RATE_LIMIT=str(settings.rate_limit),
+        APP_LOGIN_RATE_LIMIT=str(settings.login_rate_limit),
+        APP_REDIS_TIMEOUT_SECONDS=str(settings.redis_timeout_seconds),
+        **{f"APP_{name.upper()}": str(value) for name, value in CHEAP_ARGON2.items()},
+    )
+
+
+@pytest.fixture(scope="module")
+def shared(
+    redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, Service, Service]]:
+    """Two service processes, A and B, on the session's Redis with one key prefix and users."""
+    folder = tmp_path_factory.mktemp("processes")
+    settings = make_settings(
+        redis_url,
+        key_files,
+        users_file=folder / "users.json",
+        rate_limit=f"{SHARED_RATE}/minute",
+        login_rate_limit="1000/minute",
+    )
+    environment = environment_for(settings, redis_url, key_files)
+    services = [start_service(environment, folder) for _ in range(2)]
+    try:
+        for service in services:
+            wait_until_ready(service)
+        yield settings, services[0], services[1]
+    finally:
+        for service in services:
+            kill(service)
+        delete_keys(redis_url, settings.redis_key_prefix)
+
+
+def new_user(settings: Settings) -> str:
+    name = f"user-{secrets.token_hex(4)}"
+    add_user(settings, name, scopes=["read"])
+    return name
+
+
+def assert_invalid(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"] == INVALID_TOKEN
+
+
+def test_logout_on_one_process_is_seen_by_the_other_at_once(
+    shared: tuple[Settings, Service, Service],
+) -> None:
+    settings, a, b = shared
+    name = new_user(settings)
+    pair = a.login(name)
+    token = pair["access_token"]
+    assert a.get("/me", token).json()["sub"] == name
+    assert b.get("/me", token).json()["sub"] == name
+
+    assert b.post("/auth/logout", headers=bearer(token)).status_code == 204
+    assert_invalid(a.get("/me", token))  # the very next request, on the other process
+    assert_invalid(a.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}))
+
+
+def test_logout_all_on_one_process_ends_sessions_opened_on_the_other(
+    shared: tuple[Settings, Service, Service],
+) -> None:
+    settings, a, b = shared
+    name = new_user(settings)
+    on_a, on_b = a.login(name), b.login(name)
+    assert a.post("/auth/logout-all", headers=bearer(on_a["access_token"])).status_code == 204
+    for service in (a, b):
+        assert_invalid(service.get("/me", on_b["access_token"]))
+
+
+def test_refresh_token_reuse_is_detected_across_processes(
+    shared: tuple[Settings, Service, Service],
+) -> None:
+    settings, a, b = shared
+    name = new_user(settings)
+    first = a.login(name)
+    rotated = a.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert rotated.status_code == 200, rotated.text
+    second = rotated.json()
+    assert a.get("/me", second["access_token"]).status_code == 200
+
+    # The spent token replayed on B: refused, and the session is over everywhere.
+    assert_invalid(b.post("/auth/refresh", json={"refresh_token": first["refresh_token"]}))
+    assert_invalid(a.get("/me", second["access_token"]))
+    assert_invalid(a.post("/auth/refresh", json={"refresh_token": second["refresh_token"]}))
+
+
+def test_the_rate_limit_is_shared_by_the_processes(
+    shared: tuple[Settings, Service, Service],
+) -> None:
+    settings, a, b = shared
+    token = a.login(new_user(settings))["access_token"]
+    statuses = [
+        (a if number % 2 else b).get("/me", token).status_code for number in range(SHARED_RATE)
+    ]
+    assert statuses == [200] * SHARED_RATE
+    for service in (a, b):
+        refused = service.get("/me", token)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    try:
+        server = RedisServer()
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
+    private_redis: RedisServer, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Requests are held in flight by a frozen Redis; SIGTERM arrives; Redis thaws: every one
+    of them gets its full answer, the pool closes, and the process exits 0 without a traceback.
+    """
+    settings = make_settings(
+        private_redis.url,
+        key_files,
+        users_file=tmp_path / "users.json",
+        redis_timeout_seconds=5,  # longer than the freeze below
+        rate_limit="1000/minute",
+        login_rate_limit="1000/minute",
+    )
+    service = start_service(environment_for(settings, private_redis.url, key_files), tmp_path)
+    try:
+        wait_until_ready(service)
+        names = [new_user(settings) for _ in range(4)]
+        tokens = {name: service.login(name)["access_token"] for name in names}
+        callers = [names[number % len(names)] for number in range(IN_FLIGHT)]
+
+        # One client for all threads: a client per request would spend most of the wait below
+        # building TLS contexts, and some requests would only connect after SIGTERM.
+        limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=0)
+        http = httpx.Client(base_url=service.url, limits=limits, timeout=10)
+
+        def get_me(name: str) -> httpx.Response:
+            return http.get("/me", headers=bearer(tokens[name]))
+
+        private_redis.pause()
+        with http, ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+            try:
+                futures = [pool.submit(get_me, name) for name in callers]
+                time.sleep(1)  # every request has reached the app and waits on Redis
+                assert not any(future.done() for future in futures)
+                service.process.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+            finally:
+                private_redis.resume()
+            responses = [future.result() for future in futures]
+
+        started = time.monotonic()
+        output, _ = service.process.communicate(timeout=STOP_SECONDS)
+        stopped_in = time.monotonic() - started
+    finally:
+        kill(service)
+
+    for name, response in zip(callers, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json() == {"sub": name, "scopes": ["read"]}
+    assert service.process.returncode == 0, output
+    assert stopped_in < STOP_SECONDS
+    assert "Traceback" not in output
+    assert "Application shutdown complete" in output  # the lifespan closed the Redis pool
