@@ -6,6 +6,7 @@ No Docker engine is needed: `docker-compose config` validates and interpolates t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -18,11 +19,11 @@ import yaml
 from .baking import TOOLS_DIR, bake, clean_environment, run
 
 
-def compose_config(project: Path) -> dict[str, Any]:
-    """The compose file as docker-compose resolves it (variables filled from `.env`)."""
+def compose_config(project: Path, file: str = "compose.yaml") -> dict[str, Any]:
+    """A compose file as docker-compose resolves it (variables filled from `.env`)."""
     docker_compose = shutil.which("docker-compose")
     assert docker_compose is not None, "docker-compose is missing; `make test` installs it with apt"
-    result = run([docker_compose, "config"], cwd=project, env=clean_environment())
+    result = run([docker_compose, "-f", file, "config"], cwd=project, env=clean_environment())
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
 
@@ -55,8 +56,9 @@ def test_compose_runs_the_app_after_a_healthy_password_protected_redis(project: 
     assert "--appendonly" in redis["command"]
 
 
-def test_compose_publishes_only_on_loopback(project: Path) -> None:
-    config = compose_config(project)
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.scale.yaml"])
+def test_compose_publishes_only_on_loopback(project: Path, file: str) -> None:
+    config = compose_config(project, file)
     for name, service in config["services"].items():
         for port in service.get("ports", []):
             published = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port}"
@@ -156,3 +158,33 @@ def test_gitlab_pipeline_runs_lint_types_tests_and_audit_with_redis(tmp_path: Pa
     assert job["variables"]["REDIS_URL"] == "redis://redis:6379/0"
     assert "make install" in job["before_script"]
     assert job["script"] == ["make lint", "make test", "make audit"]
+
+
+def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> None:
+    """compose.scale.yaml: nginx publishes, replicas do not, and the app believes only it."""
+    config = compose_config(project, "compose.scale.yaml")
+    proxy, app = config["services"]["proxy"], config["services"]["app"]
+    assert "ports" not in app  # any number of replicas: none binds a host port
+    assert app["expose"] == ["8000"]
+    proxy_address = ipaddress.ip_address(proxy["networks"]["edge"]["ipv4_address"])
+    subnet = ipaddress.ip_network(config["networks"]["edge"]["ipam"]["config"][0]["subnet"])
+    assert proxy_address in subnet
+    assert app["environment"]["APP_TRUSTED_PROXIES"] == f"{proxy_address}/32"
+    nginx = (project / "deploy" / "nginx.conf").read_text()
+    assert "server app:8000;" in nginx
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    mounted = [str(volume) for volume in proxy["volumes"]]
+    assert any(
+        volume.endswith("deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro") for volume in mounted
+    )
+
+    # Apart from the proxy setting and the port, the app runs as in compose.yaml.
+    single = compose_config(project)["services"]["app"]
+    differing = {
+        name
+        for name in set(single["environment"]) | set(app["environment"])
+        if single["environment"].get(name) != app["environment"].get(name)
+    }
+    assert differing == {"APP_TRUSTED_PROXIES"}
+    assert single["volumes"] == app["volumes"]
+    assert single["depends_on"] == app["depends_on"]
