@@ -22,13 +22,13 @@ import re
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import errors, scripts
 from .auth.sessions import hash_tag
 from .network import client_address
 from .ratelimit import Decision, Rate
+from .redis import RedisClient
 from .settings import Settings
 
 LOGIN_POLICY = "login"
@@ -46,7 +46,7 @@ def check_policy_name(policy: str) -> str:
 class Limiter:
     """Per-client and per-account buckets in Redis, one script call per check."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._prefix = settings.redis_key_prefix
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open

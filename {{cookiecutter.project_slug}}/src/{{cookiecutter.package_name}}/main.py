@@ -15,7 +15,7 @@ from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
 from .limits import Limiter
-from .redis import create_redis
+from .redis import close_redis, create_redis
 from .settings import Settings, get_settings
 
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         try:
             yield
         finally:
-            await redis.aclose(close_connection_pool=True)
+            await close_redis(redis)
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings

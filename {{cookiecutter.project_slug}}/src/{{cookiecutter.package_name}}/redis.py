@@ -13,7 +13,7 @@ so each call goes to the one node that owns that slot. For failover without a cl
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -25,18 +25,20 @@ from redis.typing import EncodableT
 
 from .settings import Settings
 
+# What the rest of the service holds: either client offers the calls it makes
+# (`register_script`, `ping`, `aclose`) with the same meaning.
+RedisClient = Redis | RedisCluster
+
 HEALTH_CHECK_INTERVAL_SECONDS = 30  # PING an idle pooled connection before reusing it
 
 
-def create_redis(settings: Settings) -> Redis:
+def create_redis(settings: Settings) -> RedisClient:
     """A client over a bounded pool; callers wait at most the timeout for a free connection.
 
-    With `APP_REDIS_CLUSTER` the client is a `ClusterClient`. It is typed as `Redis` because
-    it offers every call the service makes (`register_script`, a single-slot `pipeline`,
-    `ping`, `aclose`) with the same signatures.
+    With `APP_REDIS_CLUSTER` the client is a `ClusterClient`.
     """
     if settings.redis_cluster:
-        return cast(Redis, create_cluster_client(settings))
+        return create_cluster_client(settings)
     timeout = settings.redis_timeout_seconds
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -53,7 +55,7 @@ def create_redis(settings: Settings) -> Redis:
 
 
 class ClusterClient(RedisCluster):
-    """`RedisCluster` with a bounded, waiting pool and `Redis.aclose`'s signature.
+    """`RedisCluster` with a bounded, waiting pool.
 
     RedisCluster keeps a pool per node of at most `max_connections` and raises at once when one
     is exhausted; it has no blocking pool. So commands here first take one of
@@ -75,10 +77,6 @@ class ClusterClient(RedisCluster):
         finally:
             self._permits.release()
 
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        """Close every node's connections (the argument exists for `Redis.aclose` callers)."""
-        await super().aclose()
-
 
 def create_cluster_client(settings: Settings) -> ClusterClient:
     timeout = settings.redis_timeout_seconds
@@ -99,7 +97,15 @@ def create_cluster_client(settings: Settings) -> ClusterClient:
     return client
 
 
-async def is_ready(redis: Redis | RedisCluster, timeout_seconds: float) -> bool:
+async def close_redis(redis: RedisClient) -> None:
+    """Close the client and its connections (a `Redis` given a pool would leave the pool open)."""
+    if isinstance(redis, RedisCluster):
+        await redis.aclose()
+    else:
+        await redis.aclose(close_connection_pool=True)
+
+
+async def is_ready(redis: RedisClient, timeout_seconds: float) -> bool:
     """True when Redis (on a cluster: every primary) answers PING within the timeout."""
     try:
         async with asyncio.timeout(timeout_seconds):

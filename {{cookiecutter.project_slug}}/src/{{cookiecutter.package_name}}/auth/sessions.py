@@ -22,10 +22,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from .. import scripts
 from ..ratelimit import DEFAULT_POLICY, Decision, Rate
+from ..redis import RedisClient
 from ..settings import Settings
 from .users import USERNAME_PATTERN
 
@@ -86,7 +85,7 @@ def refresh_token_hash(token: str) -> str:
 class SessionStore:
     """Create, check, continue (rotate the refresh token) and end sessions; one script call each."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._prefix = settings.redis_key_prefix
         self._idle_ms = settings.session_idle_ttl_seconds * 1000
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from ..redis import RedisClient
 
 SHARED = "gcra.lua"
 
@@ -18,7 +19,7 @@ def read(name: str) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-def register(redis: Redis, name: str, *, with_gcra: bool = False) -> AsyncScript:
+def register(redis: RedisClient, name: str, *, with_gcra: bool = False) -> AsyncScript:
     """A callable script; it runs by EVALSHA and reloads itself after `NOSCRIPT` (Redis restart)."""
     source = read(name)
     if with_gcra:
