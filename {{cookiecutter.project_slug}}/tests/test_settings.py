@@ -151,12 +151,3 @@ def test_errors_are_described_by_variable_name_without_values(build: Build) -> N
     text = describe(caught.value)
     assert text.startswith("error: APP_RATE_LIMIT:")
     assert STRONG_SECRET not in text
-
-
-@pytest.mark.parametrize(
-    ("text", "rate"),
-    [("1/second", Rate(1, 1)), ("100/minute", Rate(100, 60)), ("5000/hour", Rate(5000, 3600))],
-)
-def test_rates_parse_and_print_back(text: str, rate: Rate) -> None:
-    assert Rate.from_string(text) == rate
-    assert str(rate) == text
