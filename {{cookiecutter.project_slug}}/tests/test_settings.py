@@ -145,7 +145,7 @@ def test_key_files_are_required(build: Build, tmp_path: Path) -> None:
 
 
 def test_errors_are_described_by_variable_name_without_values(build: Build) -> None:
-    """The CLI reports `APP_<NAME>: problem` and never echoes the offending value."""
+    """The CLI reports `APP_<NAME>: problem`, and a rejected secret is never echoed."""
     with pytest.raises(ValidationError) as caught:
         build(rate_limit="lots", jwt_secret=STRONG_SECRET)
     text = describe(caught.value)

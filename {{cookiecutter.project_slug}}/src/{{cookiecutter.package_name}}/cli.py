@@ -20,7 +20,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def describe(error: ValidationError) -> str:
-    """One line per bad setting, named as the user sets it (never echoing its value)."""
+    """One line per bad setting, named as the user sets it; pydantic's copy of the input is left
+    out, so a rejected secret is never echoed."""
     lines = []
     for problem in error.errors(include_input=False, include_url=False):
         field = "_".join(str(part) for part in problem["loc"])
