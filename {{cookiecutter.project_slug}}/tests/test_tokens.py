@@ -206,7 +206,6 @@ def missing(claim: str) -> Case:
 
 
 CASES: list[Any] = [
-    pytest.param(lambda forge: {}, id="no Authorization header"),
     pytest.param(lambda forge: {"Authorization": "Bearer"}, id="Bearer without a token"),
     pytest.param(lambda forge: {"Authorization": "Bearer "}, id="Bearer with an empty token"),
     pytest.param(lambda forge: {"Authorization": f"Token {forge.token()}"}, id="another scheme"),
@@ -409,3 +408,17 @@ async def test_issued_tokens_carry_exactly_the_contract_claims(
     assert claims["exp"] - claims["iat"] == settings.access_token_ttl_seconds
     assert len(base64.urlsafe_b64decode(claims["sid"] + "==")) >= 16  # >= 128 bits
     assert hashlib.sha256(token.encode()).hexdigest()  # a plain str, ready for a header
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/me"), ("POST", "/auth/logout"), ("POST", "/auth/logout-all")]
+)
+async def test_a_request_without_credentials_gets_a_bare_challenge(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    """No Authorization header: 401 with `WWW-Authenticate: Bearer` and no error code, since
+    there is no token to be invalid (RFC 6750, section 3.1)."""
+    response = await client.request(method, path)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json() == {"detail": "Not authenticated"}

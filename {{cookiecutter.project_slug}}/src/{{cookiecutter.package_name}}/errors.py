@@ -16,6 +16,14 @@ from redis.exceptions import RedisError
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 
 
+def not_authenticated() -> HTTPException:
+    """401 for a request with no credentials at all: a bare challenge, no error code
+    (RFC 6750, section 3.1)."""
+    return HTTPException(
+        status_code=401, detail="Not authenticated", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
 def invalid_token() -> HTTPException:
     """401 for any token problem (RFC 6750). The detail never says which check failed."""
     return HTTPException(

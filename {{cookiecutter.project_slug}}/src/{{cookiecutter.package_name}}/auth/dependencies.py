@@ -22,8 +22,14 @@ from .tokens import MAX_TOKEN_BYTES, Principal
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 
 
+NO_CREDENTIALS = None
+UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
+
+
 class BearerToken(OAuth2PasswordBearer):
-    """The bearer token of a request, or None; an oversized header is dropped unparsed.
+    """The bearer token of a request; None when there is no Authorization header at all, and
+    an empty token when the header is not a usable bearer token (an oversized one is dropped
+    unparsed).
 
     Being an `OAuth2PasswordBearer`, it also puts the password flow into the OpenAPI schema,
     so Swagger UI's Authorize button logs in through `POST /auth/token`.
@@ -31,12 +37,14 @@ class BearerToken(OAuth2PasswordBearer):
 
     async def __call__(self, connection: HTTPConnection) -> str | None:
         header = connection.headers.get("authorization")
+        if header is None:
+            return NO_CREDENTIALS
         # Header values are Latin-1 text, one character per byte.
-        if header is None or len(header) > MAX_AUTHORIZATION_BYTES:
-            return None
+        if len(header) > MAX_AUTHORIZATION_BYTES:
+            return UNUSABLE
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
+        if scheme.lower() != "bearer":
+            return UNUSABLE
         return token
 
 
@@ -47,10 +55,10 @@ async def authenticate(
     request: Request, response: Response, token: str | None, rate: Rate, policy: str
 ) -> Principal:
     """The caller, from a valid access token whose session is alive and within its limit."""
-    if token is None:
-        raise errors.invalid_token()
+    if token is NO_CREDENTIALS:
+        raise errors.not_authenticated()
     state = request.app.state
-    principal: Principal | None = state.token_verifier.verify(token)
+    principal: Principal | None = state.token_verifier.verify(token) if token else None
     if principal is None:
         raise errors.invalid_token()
     # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end it)
