@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
@@ -237,3 +238,36 @@ async def test_a_changed_password_applies_while_running(
     response = await client.post("/auth/token", data={"username": "alice", "password": PASSWORD})
     assert response.status_code == 401
     await login(client, "alice", password="a brand new passphrase")
+
+
+def remove_user(settings: Settings, name: str) -> None:
+    """Take a user out of the users file (the file store has no delete; an operator edits it)."""
+    document = json.loads(settings.users_file.read_text())
+    del document["users"][name]
+    settings.users_file.write_text(json.dumps(document))
+
+
+async def test_refresh_ends_the_session_of_a_removed_user(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A user removed since login cannot refresh, and that session ends at once."""
+    add_user(settings, "alice")
+    add_user(settings, "bob")
+    pair = await login(client, "alice")
+    remove_user(settings, "alice")
+    refresh = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert_invalid_token(refresh)
+    assert_invalid_token(await me(client, pair["access_token"]))
+
+
+async def test_refresh_drops_scopes_the_user_has_lost(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Scopes taken away since login are gone from the next access token; none are added."""
+    add_user(settings, "alice", scopes=["read", "write"])
+    pair = await login(client, "alice")
+    add_user(settings, "alice", scopes=["read", "admin"])
+    refresh = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refresh.status_code == 200
+    response = await me(client, refresh.json()["access_token"])
+    assert response.json() == {"sub": "alice", "scopes": ["read"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request, Response
@@ -71,11 +72,20 @@ async def login(
 
 @router.post("/refresh", responses=UNAUTHORIZED)
 async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
-    """A new token pair for a refresh token, which is now spent: using it again ends the session."""
-    session = await request.app.state.sessions.rotate_refresh(body.refresh_token)
+    """A new token pair for a refresh token, which is now spent: using it again ends the session.
+
+    The user is looked up again: a user removed since login loses the session here, and the new
+    access token carries only scopes the user still has (never more than at login).
+    """
+    state = request.app.state
+    session = await state.sessions.rotate_refresh(body.refresh_token)
     if session is None:
         raise errors.invalid_token()
-    return token_pair(request, session)
+    user = await state.users.get(session.sub)
+    if user is None:
+        await state.sessions.revoke(session.sub, session.sid)
+        raise errors.invalid_token()
+    return token_pair(request, replace(session, scopes=session.scopes & user.scopes))
 
 
 # These return None, not a Response, so the RateLimit headers set by the dependency are kept.
