@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from {{ cookiecutter.package_name }}.main import create_app
 
 from .conftest import make_settings, running
-from .helpers import me
+from .helpers import add_user, me
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -37,11 +37,12 @@ IN_FLIGHT_SECONDS = 0.02  # time for the victims' commands to reach the (frozen)
 
 @pytest.fixture
 async def frozen_app(
-    redis_server: RedisServer, key_files: dict[str, Path]
+    redis_server: RedisServer, key_files: dict[str, Path], tmp_path: Path
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = make_settings(
         redis_server.url,
         key_files,
+        users_file=tmp_path / "users.json",
         redis_max_connections=POOL,
         redis_timeout_seconds=5,  # longer than any freeze here: nothing times out
         rate_limit="100000/hour",
@@ -60,7 +61,9 @@ class Users:
         self.refresh: dict[str, str] = {}
 
     async def open(self, name: str) -> None:
+        """A real user (refresh looks users up) with one session and its tokens."""
         state = self.app.state
+        add_user(state.settings, name, scopes=[scope_of(name)])
         session = await state.sessions.create(name, frozenset({scope_of(name)}))
         self.access[name] = state.token_issuer.issue(name, session.sid, session.scopes).token
         self.refresh[name] = session.refresh_token
