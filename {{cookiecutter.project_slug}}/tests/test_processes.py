@@ -25,7 +25,7 @@ import {{ cookiecutter.package_name }}
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import CHEAP_ARGON2, delete_keys, make_settings
-from .helpers import INVALID_TOKEN, PASSWORD, add_user
+from .helpers import PASSWORD, add_user, assert_invalid_token
 from .redis_server import RedisServer, free_port
 from .test_cli import service_environment, wait_for
 
@@ -136,11 +136,6 @@ def new_user(settings: Settings) -> str:
     return name
 
 
-def assert_invalid(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["WWW-Authenticate"] == INVALID_TOKEN
-
-
 def test_logout_on_one_process_is_seen_by_the_other_at_once(
     shared: tuple[Settings, Service, Service],
 ) -> None:
@@ -152,8 +147,8 @@ def test_logout_on_one_process_is_seen_by_the_other_at_once(
     assert b.get("/me", token).json()["sub"] == name
 
     assert b.post("/auth/logout", headers=bearer(token)).status_code == 204
-    assert_invalid(a.get("/me", token))  # the very next request, on the other process
-    assert_invalid(a.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}))
+    assert_invalid_token(a.get("/me", token))  # the very next request, on the other process
+    assert_invalid_token(a.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}))
 
 
 def test_logout_all_on_one_process_ends_sessions_opened_on_the_other(
@@ -164,7 +159,7 @@ def test_logout_all_on_one_process_ends_sessions_opened_on_the_other(
     on_a, on_b = a.login(name), b.login(name)
     assert a.post("/auth/logout-all", headers=bearer(on_a["access_token"])).status_code == 204
     for service in (a, b):
-        assert_invalid(service.get("/me", on_b["access_token"]))
+        assert_invalid_token(service.get("/me", on_b["access_token"]))
 
 
 def test_refresh_token_reuse_is_detected_across_processes(
@@ -179,9 +174,9 @@ def test_refresh_token_reuse_is_detected_across_processes(
     assert a.get("/me", second["access_token"]).status_code == 200
 
     # The spent token replayed on B: refused, and the session is over everywhere.
-    assert_invalid(b.post("/auth/refresh", json={"refresh_token": first["refresh_token"]}))
-    assert_invalid(a.get("/me", second["access_token"]))
-    assert_invalid(a.post("/auth/refresh", json={"refresh_token": second["refresh_token"]}))
+    assert_invalid_token(b.post("/auth/refresh", json={"refresh_token": first["refresh_token"]}))
+    assert_invalid_token(a.get("/me", second["access_token"]))
+    assert_invalid_token(a.post("/auth/refresh", json={"refresh_token": second["refresh_token"]}))
 
 
 def test_the_rate_limit_is_shared_by_the_processes(

@@ -79,6 +79,14 @@ class Limiter:
         return Decision.from_script(*reply)
 
 
+def enforce(decision: Decision, rate: Rate, policy: str, response: Response) -> None:
+    """Refuse with 429 when `decision` says so; else put the RateLimit headers on `response`."""
+    headers = decision.headers(rate, policy)
+    if not decision.allowed:
+        raise errors.rate_limited(headers)
+    response.headers.update(headers)
+
+
 def client_of(request: Request) -> str:
     """The client's address, believing `X-Forwarded-For` only from `APP_TRUSTED_PROXIES`."""
     peer = request.client.host if request.client else None
@@ -94,9 +102,6 @@ def limit_by_client(rate: Rate, policy: str) -> Callable[[Request, Response], Aw
 
     async def within_client_limit(request: Request, response: Response) -> None:
         decision = await request.app.state.limiter.client_request(client_of(request), rate, policy)
-        headers = decision.headers(rate, policy)
-        if not decision.allowed:
-            raise errors.rate_limited(headers)
-        response.headers.update(headers)
+        enforce(decision, rate, policy, response)
 
     return within_client_limit

@@ -6,7 +6,6 @@ and hand the result to `create_app`.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -14,12 +13,11 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .network import IPNetwork
 from .ratelimit import Rate
 
 MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "secret", "placeholder", "example")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Settings(BaseSettings):

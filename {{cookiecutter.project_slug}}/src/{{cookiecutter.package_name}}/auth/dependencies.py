@@ -15,14 +15,13 @@ from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from .. import errors
-from ..limits import check_policy_name
+from ..limits import check_policy_name, enforce
 from ..ratelimit import DEFAULT_POLICY, Rate
 from .tokens import MAX_TOKEN_BYTES, Principal
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 
 
-NO_CREDENTIALS = None
 UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
 
 
@@ -38,7 +37,7 @@ class BearerToken(OAuth2PasswordBearer):
     async def __call__(self, connection: HTTPConnection) -> str | None:
         header = connection.headers.get("authorization")
         if header is None:
-            return NO_CREDENTIALS
+            return None
         # Header values are Latin-1 text, one character per byte.
         if len(header) > MAX_AUTHORIZATION_BYTES:
             return UNUSABLE
@@ -55,7 +54,7 @@ async def authenticate(
     request: Request, response: Response, token: str | None, rate: Rate, policy: str
 ) -> Principal:
     """The caller, from a valid access token whose session is alive and within its limit."""
-    if token is NO_CREDENTIALS:
+    if token is None:
         raise errors.not_authenticated()
     state = request.app.state
     principal: Principal | None = state.token_verifier.verify(token) if token else None
@@ -66,10 +65,7 @@ async def authenticate(
     decision = await state.sessions.admit(principal.sub, principal.sid, rate, policy)
     if decision is None:
         raise errors.invalid_token()
-    headers = decision.headers(rate, policy)
-    if not decision.allowed:
-        raise errors.rate_limited(headers)
-    response.headers.update(headers)
+    enforce(decision, rate, policy, response)
     return principal
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import errors
-from ..limits import LOGIN_POLICY, client_of
+from ..limits import LOGIN_POLICY, client_of, enforce
 from .dependencies import CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
 from .sessions import Session
@@ -56,12 +56,8 @@ async def login(
     and the same 401.
     """
     state = request.app.state
-    rate = state.settings.login_rate_limit
     decision = await state.limiter.login_attempt(client_of(request), username)
-    headers = decision.headers(rate, LOGIN_POLICY)
-    if not decision.allowed:
-        raise errors.rate_limited(headers)
-    response.headers.update(headers)
+    enforce(decision, state.settings.login_rate_limit, LOGIN_POLICY, response)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
     if not await state.password_checker.check(password_hash, password) or user is None:
