@@ -271,3 +271,22 @@ async def test_refresh_drops_scopes_the_user_has_lost(
     assert refresh.status_code == 200
     response = await me(client, refresh.json()["access_token"])
     assert response.json() == {"sub": "alice", "scopes": ["read"]}
+
+
+def test_openapi_offers_the_password_flow_on_protected_routes_only(settings: Settings) -> None:
+    """Swagger UI's Authorize button needs the OAuth2 password flow in the schema, pointing at
+    the login route, and on each protected route (and on no public one)."""
+    schema = create_app(settings).openapi()
+    assert schema["components"]["securitySchemes"] == {
+        "BearerToken": {
+            "type": "oauth2",
+            "flows": {"password": {"scopes": {}, "tokenUrl": "auth/token"}},
+        }
+    }
+    secured = {
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"BearerToken": []}]
+    }
+    assert secured == {"GET /me", "POST /auth/logout", "POST /auth/logout-all"}

@@ -2,7 +2,7 @@
 
 Routes declare `principal: CurrentPrincipal` (any valid session) or
 `principal: Annotated[Principal, Depends(require_scopes("write"))]`. They receive a `Principal`
-only; the token and its decoded claims never leave `current_principal`.
+only; the token and its decoded claims never leave `Authenticated.__call__`.
 """
 
 from __future__ import annotations
@@ -21,78 +21,71 @@ from .tokens import MAX_TOKEN_BYTES, Principal
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 
-
 UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
 
 
-class BearerToken(OAuth2PasswordBearer):
+def bearer_token(connection: HTTPConnection) -> str | None:
     """The bearer token of a request; None when there is no Authorization header at all, and
     an empty token when the header is not a usable bearer token (an oversized one is dropped
-    unparsed).
+    unparsed)."""
+    header = connection.headers.get("authorization")
+    if header is None:
+        return None
+    # Header values are Latin-1 text, one character per byte.
+    if len(header) > MAX_AUTHORIZATION_BYTES:
+        return UNUSABLE
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return UNUSABLE
+    return token
 
-    Being an `OAuth2PasswordBearer`, it also puts the password flow into the OpenAPI schema,
-    so Swagger UI's Authorize button logs in through `POST /auth/token`.
+
+class Authenticated(OAuth2PasswordBearer):
+    """The dependency behind `CurrentPrincipal`: the caller, from a valid access token whose
+    session is alive and within its rate limit; otherwise 401 (or 429 over the limit).
+
+    It is one dependency, not a chain of small ones: FastAPI resolves every dependency on every
+    request, and this one runs on every protected request. Being an `OAuth2PasswordBearer`, it
+    also puts the password flow into the OpenAPI schema, so Swagger UI's Authorize button logs
+    in through `POST /auth/token`.
     """
 
-    async def __call__(self, connection: HTTPConnection) -> str | None:
-        header = connection.headers.get("authorization")
-        if header is None:
-            return None
-        # Header values are Latin-1 text, one character per byte.
-        if len(header) > MAX_AUTHORIZATION_BYTES:
-            return UNUSABLE
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return UNUSABLE
-        return token
+    def __init__(self, rate: Rate | None = None, policy: str = DEFAULT_POLICY) -> None:
+        super().__init__(tokenUrl="auth/token", scheme_name="BearerToken", auto_error=False)
+        self._rate = rate  # None: APP_RATE_LIMIT
+        self._policy = check_policy_name(policy)
+
+    # FastAPI calls a dependency with what its signature asks for, so this may differ from
+    # the parent's `__call__(request) -> str | None`.
+    async def __call__(self, request: Request, response: Response) -> Principal:  # type: ignore[override]
+        token = bearer_token(request)
+        if token is None:
+            raise errors.not_authenticated()
+        state = request.app.state
+        principal: Principal | None = state.token_verifier.verify(token) if token else None
+        if principal is None:
+            raise errors.invalid_token()
+        rate = self._rate or state.settings.rate_limit
+        # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end
+        # it) and the user may make one more request under `rate`.
+        decision = await state.sessions.admit(principal.sub, principal.sid, rate, self._policy)
+        if decision is None:
+            raise errors.invalid_token()
+        enforce(decision, rate, self._policy, response)
+        return principal
 
 
-bearer_token = BearerToken(tokenUrl="auth/token", auto_error=False)
+current_principal = Authenticated()
 
 
-async def authenticate(
-    request: Request, response: Response, token: str | None, rate: Rate, policy: str
-) -> Principal:
-    """The caller, from a valid access token whose session is alive and within its limit."""
-    if token is None:
-        raise errors.not_authenticated()
-    state = request.app.state
-    principal: Principal | None = state.token_verifier.verify(token) if token else None
-    if principal is None:
-        raise errors.invalid_token()
-    # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end it)
-    # and the user may make one more request under `rate`.
-    decision = await state.sessions.admit(principal.sub, principal.sid, rate, policy)
-    if decision is None:
-        raise errors.invalid_token()
-    enforce(decision, rate, policy, response)
-    return principal
-
-
-async def current_principal(
-    request: Request, response: Response, token: Annotated[str | None, Depends(bearer_token)]
-) -> Principal:
-    """The caller, limited by `APP_RATE_LIMIT`; otherwise 401 (or 429 over the limit)."""
-    return await authenticate(
-        request, response, token, request.app.state.settings.rate_limit, DEFAULT_POLICY
-    )
-
-
-def limited_principal(rate: Rate, policy: str) -> Callable[..., Awaitable[Principal]]:
+def limited_principal(rate: Rate, policy: str) -> Authenticated:
     """Like `current_principal`, with its own limit, e.g. for an expensive route:
 
         Expensive = Annotated[Principal, Depends(limited_principal(Rate(5, 60), "export"))]
 
     Each policy has its own bucket per user and its own name in the RateLimit headers.
     """
-    check_policy_name(policy)
-
-    async def principal_within(
-        request: Request, response: Response, token: Annotated[str | None, Depends(bearer_token)]
-    ) -> Principal:
-        return await authenticate(request, response, token, rate, policy)
-
-    return principal_within
+    return Authenticated(rate, policy)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
