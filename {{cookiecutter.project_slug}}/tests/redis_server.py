@@ -6,10 +6,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from .tls import TlsFiles
 
 NO_REDIS = (
     "These tests need a real Redis. Either set REDIS_URL "
@@ -53,23 +56,43 @@ def free_cluster_port() -> int:
 
 
 class RedisServer:
-    """One `redis-server` process without persistence; it can be paused, stopped, restarted."""
+    """One `redis-server` process without persistence; it can be paused, stopped, restarted.
 
-    def __init__(self, password: str | None = None, cluster: bool = False) -> None:
+    With `tls`, it listens with TLS only (its `url` is `rediss://`); with `unix_socket`, also on
+    a Unix socket (`unix_url`).
+    """
+
+    def __init__(
+        self,
+        password: str | None = None,
+        cluster: bool = False,
+        tls: TlsFiles | None = None,
+        unix_socket: bool = False,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError(NO_REDIS)
         self.binary = binary
         self.password = password
         self.cluster = cluster
+        self.tls = tls
         self.port = free_cluster_port() if cluster else free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self.socket_path = self.directory / "redis.sock" if unix_socket else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca_certificate}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        assert self.socket_path is not None
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket_path}"
 
     def start(self) -> None:
         command = [
@@ -84,6 +107,16 @@ class RedisServer:
             command += ["--requirepass", self.password]
         if self.cluster:
             command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if self.tls:
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            command += [
+                "--tls-cert-file", str(self.tls.certificate),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca_certificate),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        if self.socket_path:
+            command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         self.wait_until_ready()
 
@@ -93,7 +126,7 @@ class RedisServer:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                with self._connect() as sock:
                     sock.sendall(b"PING\r\n")
                     reply = sock.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):
@@ -102,6 +135,13 @@ class RedisServer:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+        if not self.tls:
+            return sock
+        context = ssl.create_default_context(cafile=self.tls.ca_certificate)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): connections stay open, nothing answers."""

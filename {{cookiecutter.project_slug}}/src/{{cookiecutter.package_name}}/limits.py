@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from . import errors, scripts
 from .auth.sessions import hash_tag
+from .multiplex import MultiplexedRedis
 from .network import client_address
 from .ratelimit import Decision, Rate
 from .redis import RedisClient
@@ -46,7 +47,7 @@ def check_policy_name(policy: str) -> str:
 class Limiter:
     """Per-client and per-account buckets in Redis, one script call per check."""
 
-    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient | MultiplexedRedis, settings: Settings) -> None:
         self._prefix = settings.redis_key_prefix
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open

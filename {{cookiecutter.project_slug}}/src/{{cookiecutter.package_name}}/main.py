@@ -15,12 +15,12 @@ from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
 from .limits import Limiter
-from .redis import close_redis, create_redis
+from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, *, users: UserStore | None = None) -> FastAPI:
-    """Build the app; the Redis pool opens when it starts and closes when it stops.
+    """Build the app; its Redis clients open when it starts and close when it stops.
 
     Keys are read and the dummy password hash is made here, once. `users` replaces the
     file-backed user store (see `UserStore`).
@@ -33,15 +33,18 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
+        per_request = create_per_request_client(settings)  # None on Redis Cluster
         app.state.redis = redis
-        app.state.sessions = SessionStore(redis, settings)
-        app.state.limiter = Limiter(redis, settings)
+        app.state.sessions = SessionStore(redis, settings, per_request)
+        app.state.limiter = Limiter(per_request or redis, settings)
         try:
             yield
         finally:
+            if per_request is not None:
+                await per_request.aclose()
             await close_redis(redis)
 
-    app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
+    app = FastAPI(title="Auth Service", lifespan=lifespan)
     app.state.settings = settings
     app.state.token_issuer, app.state.token_verifier = create_token_pair(settings)
     app.state.password_checker = PasswordChecker(password_hasher(settings))

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from .multiplex import MultiplexedRedis
 from .settings import Settings
 
 # What the rest of the service holds: either client offers the calls it makes
@@ -30,6 +31,10 @@ from .settings import Settings
 RedisClient = Redis | RedisCluster
 
 HEALTH_CHECK_INTERVAL_SECONDS = 30  # PING an idle pooled connection before reusing it
+# Per-request commands waiting on the shared connection at once; past this (a stalled Redis
+# under load) a request gets 503 at once. A healthy Redis keeps this near the number of
+# requests in progress.
+MAX_IN_FLIGHT = 1024
 
 
 def create_redis(settings: Settings) -> RedisClient:
@@ -76,6 +81,18 @@ class ClusterClient(RedisCluster):
             return await super().execute_command(*args, **kwargs)
         finally:
             self._permits.release()
+
+
+def create_per_request_client(settings: Settings) -> MultiplexedRedis | None:
+    """The one shared connection for the scripts every request runs (see `multiplex`), or None
+    on Redis Cluster, where the cluster client runs them too."""
+    if settings.redis_cluster:
+        return None
+    return MultiplexedRedis(
+        settings.redis_url,
+        timeout=settings.redis_timeout_seconds,
+        max_in_flight=MAX_IN_FLIGHT,
+    )
 
 
 def create_cluster_client(settings: Settings) -> ClusterClient:

@@ -23,6 +23,7 @@ import secrets
 from dataclasses import dataclass
 
 from .. import scripts
+from ..multiplex import MultiplexedRedis
 from ..ratelimit import DEFAULT_POLICY, Decision, Rate
 from ..redis import RedisClient
 from ..settings import Settings
@@ -85,13 +86,16 @@ def refresh_token_hash(token: str) -> str:
 class SessionStore:
     """Create, check, continue (rotate the refresh token) and end sessions; one script call each."""
 
-    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+    def __init__(
+        self, redis: RedisClient, settings: Settings, per_request: MultiplexedRedis | None = None
+    ) -> None:
+        """`per_request` runs the script of every request (`admit`); without it, `redis` does."""
         self._prefix = settings.redis_key_prefix
         self._idle_ms = settings.session_idle_ttl_seconds * 1000
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
         self._max_sessions = settings.max_sessions_per_user
         self._create = scripts.register(redis, "session_create.lua")
-        self._request = scripts.register(redis, "request.lua", with_gcra=True)
+        self._request = scripts.register(per_request or redis, "request.lua", with_gcra=True)
         self._refresh = scripts.register(redis, "session_refresh.lua")
         self._revoke = scripts.register(redis, "session_revoke.lua")
         self._revoke_all = scripts.register(redis, "session_revoke_all.lua")

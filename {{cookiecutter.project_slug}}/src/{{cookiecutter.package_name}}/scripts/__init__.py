@@ -6,21 +6,31 @@ shared GCRA functions) put in front of it here, once, before it is hashed and re
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from importlib import resources
+from typing import Any, Protocol
 
-from redis.commands.core import AsyncScript
-
+from ..multiplex import MultiplexedRedis
 from ..redis import RedisClient
 
 SHARED = "gcra.lua"
+
+
+class RunScript(Protocol):
+    """A registered script: `await script(keys=[...], args=[...])` runs it by `EVALSHA`, and
+    loads it again after `NOSCRIPT` (a restarted or flushed Redis)."""
+
+    def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Awaitable[Any]: ...
 
 
 def read(name: str) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-def register(redis: RedisClient, name: str, *, with_gcra: bool = False) -> AsyncScript:
-    """A callable script; it runs by EVALSHA and reloads itself after `NOSCRIPT` (Redis restart)."""
+def register(
+    redis: RedisClient | MultiplexedRedis, name: str, *, with_gcra: bool = False
+) -> RunScript:
+    """The script `name`, to run through `redis`."""
     source = read(name)
     if with_gcra:
         source = read(SHARED) + "\n" + source

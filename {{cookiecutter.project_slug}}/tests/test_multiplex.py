@@ -1,0 +1,274 @@
+"""The shared per-request connection (`multiplex.py`), against a real redis-server.
+
+Replies reach their own callers however many wait at once and whoever gives up; a stalled,
+dropped or flushed Redis fails calls promptly or recovers by itself; the URL's password,
+database, TLS and Unix socket are honoured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.multiplex import MultiplexedRedis, Script
+
+from .conftest import make_settings, running
+from .helpers import add_user, bearer, login
+from .redis_server import RedisServer
+from .tls import write_tls_files
+
+pytestmark = pytest.mark.anyio
+
+ECHO = "return ARGV[1]"
+HANG_GUARD_SECONDS = 10  # only so that a broken client fails the test instead of hanging it
+
+
+@asynccontextmanager
+async def multiplexed(
+    url: str, timeout_seconds: float = 5, max_in_flight: int = 10_000
+) -> AsyncIterator[MultiplexedRedis]:
+    client = MultiplexedRedis(url, timeout=timeout_seconds, max_in_flight=max_in_flight)
+    try:
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            yield client
+    finally:
+        await client.aclose()
+
+
+@contextmanager
+def started(server: RedisServer) -> Iterator[RedisServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def tags(count: int) -> list[str]:
+    return [secrets.token_hex(8) for _ in range(count)]
+
+
+async def echo(script: Script, text: str) -> bytes:
+    reply: bytes = await script(keys=[], args=[text])
+    return reply
+
+
+def connections_received(url: str) -> int:
+    with Redis.from_url(url) as redis:
+        return int(redis.info("stats")["total_connections_received"])
+
+
+async def test_many_concurrent_callers_share_one_connection_and_each_gets_its_own_reply(
+    redis_server: RedisServer,
+) -> None:
+    before = connections_received(redis_server.url)
+    async with multiplexed(redis_server.url) as client:
+        script = client.register_script(ECHO)
+        sent = tags(2000)
+        replies = await asyncio.gather(*(echo(script, tag) for tag in sent))
+    assert replies == [tag.encode() for tag in sent]
+    # Our counting connection is the other one.
+    assert connections_received(redis_server.url) - before == 2
+
+
+async def test_a_caller_that_gives_up_never_receives_or_shifts_a_reply(
+    redis_server: RedisServer,
+) -> None:
+    """Callers cancelled while their commands wait on a frozen Redis keep their places in the
+    queue; when Redis thaws, every other caller still gets exactly its own reply."""
+    async with multiplexed(redis_server.url) as client:
+        script = client.register_script(ECHO)
+        assert await echo(script, "connected") == b"connected"
+        for _ in range(3):
+            redis_server.pause()
+            calls = {tag: asyncio.ensure_future(echo(script, tag)) for tag in tags(200)}
+            await asyncio.sleep(0.02)  # the commands are written; no reply can come
+            given_up = set(random.sample(sorted(calls), 100))
+            for tag in given_up:
+                calls[tag].cancel()
+            redis_server.resume()
+            for tag, call in calls.items():
+                if tag in given_up:
+                    with pytest.raises(asyncio.CancelledError):
+                        await call
+                else:
+                    assert await call == tag.encode()
+            assert await echo(script, "next") == b"next"
+
+
+async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_recovers(
+    redis_server: RedisServer,
+) -> None:
+    async with multiplexed(redis_server.url, timeout_seconds=0.25) as client:
+        script = client.register_script(ECHO)
+        assert await echo(script, "before") == b"before"
+        redis_server.pause()
+        try:
+            results = await asyncio.gather(
+                *(echo(script, tag) for tag in tags(20)), return_exceptions=True
+            )
+        finally:
+            redis_server.resume()
+        assert all(isinstance(result, RedisTimeoutError) for result in results), results
+        # The late replies went to the closed connection; a new one answers for itself.
+        assert await echo(script, "after") == b"after"
+
+
+async def test_past_max_in_flight_a_call_fails_at_once_instead_of_queueing(
+    redis_server: RedisServer,
+) -> None:
+    async with multiplexed(redis_server.url, max_in_flight=3) as client:
+        script = client.register_script(ECHO)
+        await echo(script, "connected")
+        redis_server.pause()
+        try:
+            waiting = [asyncio.ensure_future(echo(script, str(n))) for n in range(3)]
+            await asyncio.sleep(0)  # all three are queued
+            with pytest.raises(RedisConnectionError, match="in flight"):
+                await echo(script, "one too many")
+        finally:
+            redis_server.resume()
+        assert await asyncio.gather(*waiting) == [b"0", b"1", b"2"]
+
+
+async def test_a_dropped_connection_is_replaced_and_the_call_sent_again(
+    redis_server: RedisServer,
+) -> None:
+    async with multiplexed(redis_server.url) as client:
+        script = client.register_script(ECHO)
+        await echo(script, "connected")
+        with Redis.from_url(redis_server.url) as redis:
+            assert redis.client_kill_filter(_type="normal", skipme=True) == 1
+        # The event loop has not seen the connection close yet: this call is written to the
+        # dead connection, fails there, and is sent once more on a new one.
+        assert await echo(script, "after the kill") == b"after the kill"
+
+
+async def test_a_stopped_redis_fails_every_waiting_caller_and_a_restarted_one_serves_again(
+    redis_server: RedisServer,
+) -> None:
+    async with multiplexed(redis_server.url) as client:
+        script = client.register_script(ECHO)
+        await echo(script, "connected")
+        redis_server.stop()
+        results = await asyncio.gather(
+            *(echo(script, tag) for tag in tags(50)), return_exceptions=True
+        )
+        assert all(isinstance(result, RedisConnectionError) for result in results), results
+        redis_server.start()
+        assert await echo(script, "back") == b"back"
+
+
+async def test_after_script_flush_the_script_is_loaded_again_once(
+    redis_server: RedisServer,
+) -> None:
+    with Redis.from_url(redis_server.url) as redis:
+        async with multiplexed(redis_server.url) as client:
+            script = client.register_script(ECHO)
+            assert await echo(script, "first") == b"first"  # EVALSHA fails, EVAL loads it
+            redis.script_flush()
+            assert await echo(script, "flushed") == b"flushed"  # again
+            assert await echo(script, "cached") == b"cached"  # EVALSHA succeeds
+        stats = redis.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 2
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+    assert stats["cmdstat_evalsha"]["failed_calls"] == 2
+
+
+async def test_an_error_reply_raises_for_its_caller_only(redis_url: str) -> None:
+    async with multiplexed(redis_url) as client:
+        failing = client.register_script("return redis.error_reply('BOOM no good')")
+        script = client.register_script(ECHO)
+        results = await asyncio.gather(
+            echo(script, "a"), failing(keys=[], args=[]), echo(script, "b"), return_exceptions=True
+        )
+    assert results[0] == b"a"
+    assert isinstance(results[1], ResponseError)
+    assert "BOOM no good" in str(results[1])
+    assert results[2] == b"b"
+
+
+async def test_password_and_database_come_from_the_url() -> None:
+    password = secrets.token_urlsafe(16)
+    with started(RedisServer(password=password)) as server:
+        url = f"redis://:{password}@127.0.0.1:{server.port}/3"
+        key = f"test-multiplex-{secrets.token_hex(4)}"
+        async with multiplexed(url) as client:
+            script = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+            assert await script(keys=[key], args=["in three"]) == b"OK"
+        with Redis.from_url(url) as database_3:
+            assert database_3.get(key) == b"in three"
+        with Redis.from_url(url.replace("/3", "/0")) as database_0:
+            assert database_0.get(key) is None
+        wrong = f"redis://:not-{password}@127.0.0.1:{server.port}/0"
+        async with multiplexed(wrong) as client:
+            with pytest.raises(AuthenticationError):
+                await echo(client.register_script(ECHO), "refused")
+
+
+async def test_tls_checks_the_server_certificate(tmp_path: Path) -> None:
+    files = write_tls_files(tmp_path / "server")
+    stranger = write_tls_files(tmp_path / "stranger")
+    with started(RedisServer(tls=files)) as server:
+        async with multiplexed(server.url) as client:
+            assert await echo(client.register_script(ECHO), "private") == b"private"
+        untrusted = server.url.replace(str(files.ca_certificate), str(stranger.ca_certificate))
+        async with multiplexed(untrusted) as client:
+            with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await echo(client.register_script(ECHO), "refused")
+
+
+@pytest.mark.parametrize("transport", ["tls", "unix socket"])
+async def test_the_service_works_over_tls_and_unix_sockets(
+    transport: str, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both clients (redis-py for logins, the shared connection for requests) follow the URL."""
+    tls = write_tls_files(tmp_path) if transport == "tls" else None
+    with started(RedisServer(tls=tls, unix_socket=tls is None)) as server:
+        url = server.url if tls else server.unix_url
+        settings = make_settings(url, key_files, users_file=tmp_path / "users.json")
+        add_user(settings, "alice")
+        async with running(create_app(settings)) as client:
+            token = (await login(client, "alice"))["access_token"]
+            response = await client.get("/me", headers=bearer(token))
+            assert response.status_code == 200, response.text
+            assert (await client.get("/health/ready")).status_code == 200
+            assert (await client.post("/auth/logout", headers=bearer(token))).status_code == 204
+            response = await client.get("/me", headers=bearer(token))
+            assert response.status_code == 401
+
+
+async def test_closing_the_client_fails_waiting_callers_instead_of_leaving_them(
+    redis_server: RedisServer,
+) -> None:
+    client = MultiplexedRedis(redis_server.url, timeout=5, max_in_flight=100)
+    script = client.register_script(ECHO)
+    await echo(script, "connected")
+    redis_server.pause()
+    try:
+        waiting = asyncio.ensure_future(echo(script, "never answered"))
+        await asyncio.sleep(0)
+        await client.aclose()
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            with pytest.raises(RedisError):
+                await waiting
+    finally:
+        redis_server.resume()
+
+
+def test_a_bad_tls_option_in_the_url_is_named() -> None:
+    with pytest.raises(ValueError, match="ssl_cert_reqs='sometimes'"):
+        MultiplexedRedis(
+            "rediss://127.0.0.1:6379/0?ssl_cert_reqs=sometimes", timeout=1, max_in_flight=1
+        )
