@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -62,6 +62,12 @@ def tags(count: int) -> list[str]:
 async def echo(script: Script, text: str) -> bytes:
     reply: bytes = await script(keys=[], args=[text])
     return reply
+
+
+def assert_distinct(errors: Sequence[object]) -> None:
+    """Each caller has an exception of its own: a shared one would carry one request's
+    traceback, and with it its frames, into another."""
+    assert len({id(error) for error in errors}) == len(errors)
 
 
 def connections_received(url: str) -> int:
@@ -121,6 +127,7 @@ async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_reco
         finally:
             redis_server.resume()
         assert all(isinstance(result, RedisTimeoutError) for result in results), results
+        assert_distinct(results)
         # The late replies went to the closed connection; a new one answers for itself.
         assert await echo(script, "after") == b"after"
 
@@ -166,6 +173,7 @@ async def test_a_stopped_redis_fails_every_waiting_caller_and_a_restarted_one_se
             *(echo(script, tag) for tag in tags(50)), return_exceptions=True
         )
         assert all(isinstance(result, RedisConnectionError) for result in results), results
+        assert_distinct(results)
         redis_server.start()
         assert await echo(script, "back") == b"back"
 

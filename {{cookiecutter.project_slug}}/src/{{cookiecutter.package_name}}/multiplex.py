@@ -116,10 +116,10 @@ class Connection(asyncio.Protocol):
                 else:
                     waiter.set_result(reply)
         except InvalidResponse as error:
-            self.close(BrokenConnectionError(f"Redis sent something unexpected: {error}"))
+            self.close(BrokenConnectionError, f"Redis sent something unexpected: {error}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.close(BrokenConnectionError("the connection to Redis was lost"))
+        self.close(BrokenConnectionError, "the connection to Redis was lost")
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue `command`; the future settles with its reply or fails within the timeout."""
@@ -149,12 +149,13 @@ class Connection(asyncio.Protocol):
             return
         _, deadline = self._waiting[0]
         if deadline <= self._loop.time():
-            self.close(RedisTimeoutError("Redis did not answer in time"))
+            self.close(RedisTimeoutError, "Redis did not answer in time")
         else:
             self._watchdog = self._loop.call_at(deadline, self._watch_oldest)
 
-    def close(self, error: RedisError) -> None:
-        """Close the connection; every command still waiting fails with `error`."""
+    def close(self, error: type[RedisError], message: str) -> None:
+        """Close the connection; every command still waiting fails with `error(message)`, a new
+        exception for each, so no two requests share one exception and its traceback."""
         self.open = False
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -165,7 +166,7 @@ class Connection(asyncio.Protocol):
         while self._waiting:
             waiter, _ = self._waiting.popleft()
             if not waiter.done():
-                waiter.set_exception(error)
+                waiter.set_exception(error(message))
 
 
 class Script:
@@ -199,6 +200,7 @@ class MultiplexedRedis:
         self._max_in_flight = max_in_flight
         self._connection: Connection | None = None
         self._connecting: asyncio.Task[Connection] | None = None
+        self._closed = False
 
     def register_script(self, source: str) -> Script:
         return Script(self, source)
@@ -221,14 +223,23 @@ class MultiplexedRedis:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connected)
-        return await asyncio.shield(self._connecting)
+        try:
+            return await asyncio.shield(self._connecting)
+        except RedisError as error:  # the attempt's own, which every waiting caller sees
+            failure = type(error)(*error.args)
+        raise failure  # each caller its own exception, as in `Connection.close`
 
     def _connected(self, attempt: asyncio.Task[Connection]) -> None:
         self._connecting = None
-        if not attempt.cancelled() and attempt.exception() is None:
-            self._connection = attempt.result()
+        if attempt.cancelled() or attempt.exception() is not None:
+            return
+        self._connection = attempt.result()
+        if self._closed:  # closed while this attempt was under way
+            self._connection.close(RedisConnectionError, "the client was closed")
 
     async def _connect(self) -> Connection:
+        if self._closed:
+            raise RedisConnectionError("the client was closed")
         loop = asyncio.get_running_loop()
         connection = Connection(self._timeout, self._max_in_flight)
         try:
@@ -241,21 +252,22 @@ class MultiplexedRedis:
             for command in self._handshake:  # AUTH, SELECT: answered within the timeout too
                 await connection.send(command)
         except TimeoutError as error:
-            connection.close(RedisTimeoutError("connecting to Redis timed out"))
+            connection.close(RedisTimeoutError, "connecting to Redis timed out")
             raise RedisTimeoutError("connecting to Redis timed out") from error
         except OSError as error:  # refused, unreachable, TLS handshake failed
-            connection.close(RedisConnectionError("could not connect"))
+            connection.close(RedisConnectionError, "could not connect")
             raise RedisConnectionError(f"could not connect to Redis ({error})") from error
         except BaseException:  # a refused AUTH, or cancelled by aclose()
-            connection.close(RedisConnectionError("could not connect"))
+            connection.close(RedisConnectionError, "could not connect")
             raise
         return connection
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._connecting is not None:
             self._connecting.cancel()
         if self._connection is not None:
-            self._connection.close(RedisConnectionError("the client was closed"))
+            self._connection.close(RedisConnectionError, "the client was closed")
             self._connection = None
 
 
