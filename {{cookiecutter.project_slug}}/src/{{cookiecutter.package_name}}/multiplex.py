@@ -6,7 +6,7 @@ Python per call, more than verifying the token. Redis answers the commands of on
 in the order it received them, so concurrent requests can share one connection instead. Each
 request queues its command and awaits a future. The commands queued in one turn of the event
 loop go out in one write, and hiredis parses the replies as they arrive; they settle the
-futures in the same order. A call then costs a few tens of microseconds.
+futures in the same order. Under load a call then costs a few tens of microseconds.
 
 What keeps it correct:
 
