@@ -107,6 +107,14 @@ def test_only_the_chosen_options_remain(baked: tuple[dict[str, str], Path]) -> N
     assert ("APP_JWT_SECRET=" in (project / ".env").read_text()) == (not asymmetric)
 
 
+def test_the_project_name_titles_the_api(baked: tuple[dict[str, str], Path]) -> None:
+    """Swagger UI and the OpenAPI schema show the project's own name."""
+    _, project = baked
+    recorded = json.loads((project / ".cookiecutter.json").read_text())
+    main = (project / "src" / recorded["package_name"] / "main.py").read_text()
+    assert f'FastAPI(title="{recorded["project_name"]}"' in main
+
+
 def test_generated_project_is_clean_under_its_own_linters(
     baked: tuple[dict[str, str], Path], bake_venv: Path
 ) -> None:

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
                 await per_request.aclose()
             await close_redis(redis)
 
-    app = FastAPI(title="Auth Service", lifespan=lifespan)
+    app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings
     app.state.token_issuer, app.state.token_verifier = create_token_pair(settings)
     app.state.password_checker = PasswordChecker(password_hasher(settings))
