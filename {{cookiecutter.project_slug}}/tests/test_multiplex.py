@@ -55,6 +55,16 @@ def started(server: RedisServer) -> Iterator[RedisServer]:
         server.close()
 
 
+@contextmanager
+def frozen(server: RedisServer) -> Iterator[None]:
+    """Redis stopped with SIGSTOP: commands are accepted by the kernel, and nothing answers."""
+    server.pause()
+    try:
+        yield
+    finally:
+        server.resume()
+
+
 def tags(count: int) -> list[str]:
     return [secrets.token_hex(8) for _ in range(count)]
 
@@ -97,13 +107,12 @@ async def test_a_caller_that_gives_up_never_receives_or_shifts_a_reply(
         script = client.register_script(ECHO)
         assert await echo(script, "connected") == b"connected"
         for _ in range(3):
-            redis_server.pause()
-            calls = {tag: asyncio.ensure_future(echo(script, tag)) for tag in tags(200)}
-            await asyncio.sleep(0.02)  # the commands are written; no reply can come
-            given_up = set(random.sample(sorted(calls), 100))
-            for tag in given_up:
-                calls[tag].cancel()
-            redis_server.resume()
+            with frozen(redis_server):
+                calls = {tag: asyncio.ensure_future(echo(script, tag)) for tag in tags(200)}
+                await asyncio.sleep(0.02)  # the commands are written; no reply can come
+                given_up = set(random.sample(sorted(calls), 100))
+                for tag in given_up:
+                    calls[tag].cancel()
             for tag, call in calls.items():
                 if tag in given_up:
                     with pytest.raises(asyncio.CancelledError):
@@ -119,13 +128,10 @@ async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_reco
     async with multiplexed(redis_server.url, timeout_seconds=0.25) as client:
         script = client.register_script(ECHO)
         assert await echo(script, "before") == b"before"
-        redis_server.pause()
-        try:
+        with frozen(redis_server):
             results = await asyncio.gather(
                 *(echo(script, tag) for tag in tags(20)), return_exceptions=True
             )
-        finally:
-            redis_server.resume()
         assert all(isinstance(result, RedisTimeoutError) for result in results), results
         assert_distinct(results)
         # The late replies went to the closed connection; a new one answers for itself.
@@ -138,14 +144,11 @@ async def test_past_max_in_flight_a_call_fails_at_once_instead_of_queueing(
     async with multiplexed(redis_server.url, max_in_flight=3) as client:
         script = client.register_script(ECHO)
         await echo(script, "connected")
-        redis_server.pause()
-        try:
+        with frozen(redis_server):
             waiting = [asyncio.ensure_future(echo(script, str(n))) for n in range(3)]
             await asyncio.sleep(0)  # all three are queued
             with pytest.raises(RedisConnectionError, match="in flight"):
                 await echo(script, "one too many")
-        finally:
-            redis_server.resume()
         assert await asyncio.gather(*waiting) == [b"0", b"1", b"2"]
 
 
@@ -225,7 +228,7 @@ async def test_password_and_database_come_from_the_url() -> None:
                 await echo(client.register_script(ECHO), "refused")
 
 
-async def test_tls_checks_the_server_certificate(tmp_path: Path) -> None:
+async def test_tls_checks_the_server_certificate_and_its_name(tmp_path: Path) -> None:
     files = write_tls_files(tmp_path / "server")
     stranger = write_tls_files(tmp_path / "stranger")
     with started(RedisServer(tls=files)) as server:
@@ -234,6 +237,11 @@ async def test_tls_checks_the_server_certificate(tmp_path: Path) -> None:
         untrusted = server.url.replace(str(files.ca_certificate), str(stranger.ca_certificate))
         async with multiplexed(untrusted) as client:
             with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await echo(client.register_script(ECHO), "refused")
+    misnamed = write_tls_files(tmp_path / "misnamed", host="127.0.0.2")  # we dial 127.0.0.1
+    with started(RedisServer(tls=misnamed)) as server:
+        async with multiplexed(server.url) as client:
+            with pytest.raises(RedisConnectionError, match="mismatch"):
                 await echo(client.register_script(ECHO), "refused")
 
 
@@ -260,23 +268,35 @@ async def test_the_service_works_over_tls_and_unix_sockets(
 async def test_closing_the_client_fails_waiting_callers_instead_of_leaving_them(
     redis_server: RedisServer,
 ) -> None:
-    client = MultiplexedRedis(redis_server.url, timeout=5, max_in_flight=100)
+    client = MultiplexedRedis(redis_server.url, timeout=3 * HANG_GUARD_SECONDS, max_in_flight=9)
     script = client.register_script(ECHO)
     await echo(script, "connected")
-    redis_server.pause()
-    try:
+    with frozen(redis_server):
         waiting = asyncio.ensure_future(echo(script, "never answered"))
         await asyncio.sleep(0)
         await client.aclose()
         async with asyncio.timeout(HANG_GUARD_SECONDS):
-            with pytest.raises(RedisError):
+            with pytest.raises(RedisConnectionError, match="closed"):
                 await waiting
-    finally:
-        redis_server.resume()
 
 
-def test_a_bad_tls_option_in_the_url_is_named() -> None:
-    with pytest.raises(ValueError, match="ssl_cert_reqs='sometimes'"):
+async def test_closing_the_client_while_it_connects_fails_callers_with_a_redis_error() -> None:
+    """A caller waiting for the shared connection attempt gets a `RedisError` (a 503), not the
+    attempt's cancellation (which would be a 500)."""
+    password = secrets.token_urlsafe(16)
+    with started(RedisServer(password=password)) as server, frozen(server):
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"  # AUTH waits on the frozen server
+        client = MultiplexedRedis(url, timeout=3 * HANG_GUARD_SECONDS, max_in_flight=9)
+        waiting = asyncio.ensure_future(echo(client.register_script(ECHO), "never answered"))
+        await asyncio.sleep(0.05)  # connected; AUTH sent, unanswered
+        await client.aclose()
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            with pytest.raises(RedisConnectionError, match="closed"):
+                await waiting
+
+
+def test_a_bad_tls_option_in_the_url_stops_startup() -> None:
+    with pytest.raises(RedisError, match="sometimes"):
         MultiplexedRedis(
             "rediss://127.0.0.1:6379/0?ssl_cert_reqs=sometimes", timeout=1, max_in_flight=1
         )

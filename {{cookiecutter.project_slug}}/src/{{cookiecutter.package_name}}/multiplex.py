@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -124,7 +124,7 @@ class Connection(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         """Queue `command`; the future settles with its reply or fails within the timeout."""
         if not self.open:
-            raise RedisConnectionError("the Redis connection is closed")
+            raise BrokenConnectionError("the Redis connection is closed")
         if len(self._waiting) >= self._max_in_flight:
             raise RedisConnectionError("too many Redis commands in flight")
         waiter = self._loop.create_future()
@@ -223,10 +223,16 @@ class MultiplexedRedis:
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(self._connected)
+        attempt = self._connecting
         try:
-            return await asyncio.shield(self._connecting)
+            return await asyncio.shield(attempt)
         except RedisError as error:  # the attempt's own, which every waiting caller sees
             failure = type(error)(*error.args)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not attempt.cancelled() or (task is not None and task.cancelling()):
+                raise  # this caller was cancelled
+            failure = RedisConnectionError("the client was closed")  # by aclose(), mid-attempt
         raise failure  # each caller its own exception, as in `Connection.close`
 
     def _connected(self, attempt: asyncio.Task[Connection]) -> None:
@@ -282,25 +288,9 @@ def handshake(options: dict[str, Any]) -> list[bytes]:
     return commands
 
 
-CERT_REQUIREMENTS = {
-    "none": ssl.CERT_NONE,
-    "optional": ssl.CERT_OPTIONAL,
-    "required": ssl.CERT_REQUIRED,
-}
-
-
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
-    """TLS for `rediss://`, honouring redis-py's URL options for it, with the same defaults:
-    the server's certificate and host name are checked."""
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
-    requirement = options.get("ssl_cert_reqs", "required")
-    if not options.get("ssl_check_hostname", True) or requirement == "none":
-        context.check_hostname = False
-    if requirement not in CERT_REQUIREMENTS:
-        raise ValueError(
-            f"APP_REDIS_URL: ssl_cert_reqs={requirement!r}; use none, optional or required"
-        )
-    context.verify_mode = CERT_REQUIREMENTS[requirement]
-    if options.get("ssl_certfile"):
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
-    return context
+    """TLS for `rediss://`, built by redis-py from the URL's `ssl_*` options, so this connection
+    checks the server exactly as the redis-py clients do (certificate and host name, unless
+    the URL says otherwise)."""
+    tls_options = {name: value for name, value in options.items() if name.startswith("ssl_")}
+    return SSLConnection(**tls_options).ssl_context.get()
