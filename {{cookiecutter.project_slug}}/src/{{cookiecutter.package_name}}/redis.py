@@ -1,4 +1,6 @@
-"""The Redis client: one pool per process, opened in the app's lifespan, never at import time.
+"""The Redis clients, opened in the app's lifespan, never at import time: per process, a bounded
+redis-py pool for logins, refreshes, logouts and readiness, and one shared, pipelined connection
+(`multiplex.py`) for the scripts every request runs.
 
 Every timeout is explicit. redis-py's defaults (5 s socket timeouts, several retries with backoff)
 would make a request wait many seconds on a stalled Redis; here a call either answers within
