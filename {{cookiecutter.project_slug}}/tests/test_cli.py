@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -12,6 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+
+from {{ cookiecutter.package_name }}.cli import served_app
+from {{ cookiecutter.package_name }}.settings import get_settings
 
 from .redis_server import free_port
 
@@ -94,3 +99,23 @@ def test_serve_refuses_bad_settings_with_one_line_per_problem(
         "error: APP_RATE_LIMIT: 'often' is not a rate; use N/second, N/minute or N/hour "
         "(e.g. 100/minute)"
     ]
+
+
+def test_served_app_freezes_what_startup_built(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` runs `served_app`: afterwards the garbage collector leaves the startup objects
+    alone (they outnumber everything it still tracks many times over), so full collections
+    stay short."""
+    for name, value in service_environment(redis_url, key_files).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    get_settings.cache_clear()
+    try:
+        app = served_app()
+        frozen, tracked = gc.get_freeze_count(), len(gc.get_objects())
+    finally:
+        gc.unfreeze()
+        get_settings.cache_clear()
+    assert isinstance(app, FastAPI)
+    assert frozen > 10 * tracked, (frozen, tracked)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
@@ -15,6 +17,9 @@ from pydantic import ValidationError
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
 from .settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
@@ -44,12 +49,27 @@ def exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def served_app() -> FastAPI:
+    """The app as `serve` runs it, in each worker process.
+
+    What is built by now (modules, routes, schemas, keys) lives as long as the process, so it is
+    moved out of the garbage collector's sight (`gc.freeze`). A full collection then scans only
+    what requests made, instead of pausing a request for tens of milliseconds.
+    """
+    from .main import create_app  # here, so that `create-user` does not load the web stack
+
+    app = create_app()
+    gc.collect()  # today's garbage is freed, not frozen
+    gc.freeze()
+    return app
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     # Process managers (Docker, systemd, Kubernetes) read status 0 as a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
     uvicorn.run(
-        "{{ cookiecutter.package_name }}.main:create_app",
+        "{{ cookiecutter.package_name }}.cli:served_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
