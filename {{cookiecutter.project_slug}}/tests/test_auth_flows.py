@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 
 from {{ cookiecutter.package_name }}.auth.dependencies import require_scopes
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
+from {{ cookiecutter.package_name }}.auth.users import FileUserStore, User
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -110,6 +111,41 @@ async def test_reusing_a_spent_refresh_token_revokes_the_session(
     assert_invalid_token(await me(client, second["access_token"]))
     assert_invalid_token(await me(client, first["access_token"]))
     assert (await me(client, other_session["access_token"])).status_code == 200
+
+
+async def test_a_made_up_refresh_token_for_a_live_session_ends_nothing(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The sub and sid of a session can be read from any of its access tokens; a refresh token
+    made from them with a guessed secret is refused, and the session carries on."""
+    add_user(settings, "alice")
+    pair = await login(client, "alice")
+    encoded_sub, sid, _ = pair["refresh_token"].split(".")
+    forged = f"{encoded_sub}.{sid}.{'A' * 43}"
+    assert_invalid_token(await refresh(client, forged))
+    assert (await me(client, pair["access_token"])).status_code == 200
+    assert (await refresh(client, pair["refresh_token"])).status_code == 200
+
+
+async def test_a_failing_user_store_does_not_spend_the_refresh_token(settings: Settings) -> None:
+    """The user is looked up before the token is rotated: when the store fails, the client
+    never got a new pair, so its refresh token must still work on the retry."""
+    add_user(settings, "alice")
+    users = FileUserStore(settings.users_file)
+    failures: list[OSError] = []
+
+    class FlakyStore:
+        async def get(self, name: str) -> User | None:
+            if failures:
+                raise failures.pop()
+            return await users.get(name)
+
+    async with running(create_app(settings, users=FlakyStore())) as client:
+        pair = await login(client, "alice")
+        failures.append(OSError("the user database is down"))
+        with pytest.raises(OSError, match="down"):
+            await refresh(client, pair["refresh_token"])
+        assert (await refresh(client, pair["refresh_token"])).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from .. import errors
 from ..limits import LOGIN_POLICY, client_of, enforce
 from .dependencies import CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
-from .sessions import Session
+from .sessions import Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
 from .users import USERNAME_PATTERN
 
@@ -74,12 +74,16 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
     access token carries only scopes the user still has (never more than at login).
     """
     state = request.app.state
+    parsed = parse_refresh_token(body.refresh_token)
+    if parsed is None:
+        raise errors.invalid_token()
+    # The user first: if the store fails, the refresh token is not spent yet and still works.
+    user = await state.users.get(parsed[0])
+    if user is None:
+        await state.sessions.revoke(*parsed)
+        raise errors.invalid_token()
     session = await state.sessions.rotate_refresh(body.refresh_token)
     if session is None:
-        raise errors.invalid_token()
-    user = await state.users.get(session.sub)
-    if user is None:
-        await state.sessions.revoke(session.sub, session.sid)
         raise errors.invalid_token()
     return token_pair(request, replace(session, scopes=session.scopes & user.scopes))
 

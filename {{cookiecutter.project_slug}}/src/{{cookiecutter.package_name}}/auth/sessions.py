@@ -4,7 +4,8 @@ A login opens a session; every access token names it (`sid`), and every request 
 is still alive, so logging out takes effect at once in every process. Keys (prefix `p`,
 `{sub}` being the Redis Cluster hash tag, so one script may touch all of a user's keys):
 
-    p:{sub}:sess:<sid>   hash: scopes, created_ms, abs_exp_ms, refresh (SHA-256), rotations
+    p:{sub}:sess:<sid>   hash: scopes, created_ms, abs_exp_ms, refresh (SHA-256), spent
+                         (SHA-256 of the token spent at the last rotation), rotations
                          TTL: min(idle TTL, absolute expiry - now), slid on use
     p:{sub}:sessions     sorted set: sid -> absolute expiry (ms); pruned and capped at login,
                          TTL: its latest member's expiry
@@ -149,8 +150,10 @@ class SessionStore:
         """Spend `refresh_token` and return the session with its next one, or None.
 
         None for a malformed token (Redis is not asked), an ended session, or a token that is
-        not the session's current one; in that last case the session is ended too, because a
-        spent token coming back means it was stolen or replayed (RFC 9700, section 4.14).
+        not the session's current one. If it is the one spent at the last rotation, the session
+        is ended too: a spent token coming back means it was stolen or replayed (RFC 9700,
+        section 4.14). Any other token changes nothing, so a made-up token for a known `sub` and
+        `sid` (both readable in an access token) cannot end the session.
         """
         parsed = parse_refresh_token(refresh_token)
         if parsed is None:

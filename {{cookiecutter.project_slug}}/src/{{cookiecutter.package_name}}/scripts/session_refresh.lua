@@ -1,14 +1,19 @@
--- Rotate a session's refresh token; a spent (or wrong) token ends the whole session.
+-- Rotate a session's refresh token; the token spent at the last rotation ends the session.
 -- KEYS[1] session hash   KEYS[2] session index
 -- ARGV[1] hash of the presented refresh token   ARGV[2] hash of its replacement
 -- ARGV[3] idle TTL (ms)   ARGV[4] sid
--- Returns {1, scopes} when rotated, {0} when there is no session, {-1} when the session was
--- ended because the token did not match (reuse of a spent token, RFC 9700 section 4.14).
-local stored = redis.call('HMGET', KEYS[1], 'refresh', 'abs_exp_ms', 'scopes')
+-- Returns {1, scopes} when rotated; {-1} when the session was ended because its last spent
+-- token came back (stolen or replayed: RFC 9700 section 4.14); {0} otherwise (no session, or
+-- a token this session never issued, e.g. forged from the sub and sid of an access token:
+-- refused, and nothing is written, so such a guess cannot end anyone's session).
+local stored = redis.call('HMGET', KEYS[1], 'refresh', 'abs_exp_ms', 'scopes', 'spent')
 if not stored[1] then
     return {0}
 end
 if stored[1] ~= ARGV[1] then
+    if stored[4] ~= ARGV[1] then
+        return {0}
+    end
     redis.call('DEL', KEYS[1])
     redis.call('ZREM', KEYS[2], ARGV[4])
     return {-1}
@@ -19,7 +24,7 @@ local remaining = tonumber(stored[2]) - now
 if remaining <= 0 then
     return {0}  -- about to expire by itself
 end
-redis.call('HSET', KEYS[1], 'refresh', ARGV[2])
+redis.call('HSET', KEYS[1], 'refresh', ARGV[2], 'spent', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'rotations', 1)
 -- Slide the idle TTL, never past the absolute lifetime set at login.
 redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[3]), remaining))
