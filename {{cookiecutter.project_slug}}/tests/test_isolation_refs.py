@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from {{ cookiecutter.package_name }} import errors
 from {{ cookiecutter.package_name }}.auth.dependencies import CurrentPrincipal
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.main import create_app
@@ -75,6 +76,10 @@ async def test_no_principal_outlives_its_request(app: FastAPI) -> None:
         names = list(tokens)
         await client.post("/auth/logout", headers=bearer(tokens[names[0]]))
         await client.post("/auth/logout-all", headers=bearer(tokens[names[1]]))
+        # And refusals raised after the token was verified: the 401's traceback holds the
+        # frame that held the principal, so a reused exception object would keep it.
+        for name in names[:2]:
+            assert (await me(client, tokens[name])).status_code == 401
         del responses
         # The app, its pool and its state are all still alive here.
         assert principals_of(prefix) == []
@@ -89,3 +94,22 @@ async def test_the_check_sees_principals_that_are_kept(app: FastAPI) -> None:
         for token in tokens.values():
             assert (await client.get("/keep", headers=bearer(token))).status_code == 200
         assert sorted(principal.sub for principal in principals_of(prefix)) == sorted(tokens)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        errors.not_authenticated,
+        errors.invalid_token,
+        errors.login_failed,
+        lambda: errors.insufficient_scope(["write"]),
+        lambda: errors.rate_limited({"Retry-After": "1"}),
+        errors.service_unavailable,
+    ],
+    ids=["401 bare", "401 invalid_token", "401 login", "403", "429", "503"],
+)
+def test_every_error_answer_is_a_new_object(make: Callable[[], object]) -> None:
+    """Starlette now clears a handled exception's traceback, so a shared error object would no
+    longer keep frames; it would still be one mutable object (headers included) shared by all
+    requests. Each call builds its own."""
+    assert make() is not make()
