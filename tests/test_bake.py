@@ -127,10 +127,13 @@ def test_generated_project_is_clean_under_its_own_linters(
 
 
 @pytest.mark.parametrize(("answers", "message"), UNSUPPORTED, ids=[m for _, m in UNSUPPORTED])
-def test_bad_answers_fail_the_hook(tmp_path: Path, answers: dict[str, str], message: str) -> None:
-    """A bad answer raises FailedHookException and writes no project."""
+def test_bad_answers_fail_the_hook(
+    tmp_path: Path, answers: dict[str, str], message: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A bad answer raises FailedHookException, says why, and writes no project."""
     with pytest.raises(FailedHookException):
         bake(tmp_path, **answers)
+    assert f"error: {message}" in capfd.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

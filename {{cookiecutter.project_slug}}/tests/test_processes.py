@@ -248,9 +248,8 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
                 private_redis.resume()
             responses = [future.result() for future in futures]
 
-        started = time.monotonic()
+        # A process that does not stop in time makes this raise: the stop is bounded.
         output, _ = service.process.communicate(timeout=STOP_SECONDS)
-        stopped_in = time.monotonic() - started
     finally:
         kill(service)
 
@@ -258,6 +257,5 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
         assert response.status_code == 200, response.text
         assert response.json() == {"sub": name, "scopes": ["read"]}
     assert service.process.returncode == 0, output
-    assert stopped_in < STOP_SECONDS
     assert "Traceback" not in output
     assert "Application shutdown complete" in output  # the lifespan closed the Redis pool
