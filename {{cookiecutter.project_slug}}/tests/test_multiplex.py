@@ -74,6 +74,13 @@ async def echo(script: Script, text: str) -> bytes:
     return reply
 
 
+async def connected_echo(client: MultiplexedRedis) -> Script:
+    """The echo script, after a first call has opened the shared connection."""
+    script = client.register_script(ECHO)
+    assert await echo(script, "connected") == b"connected"
+    return script
+
+
 def assert_distinct(errors: Sequence[object]) -> None:
     """Each caller has an exception of its own: a shared one would carry one request's
     traceback, and with it its frames, into another."""
@@ -104,8 +111,7 @@ async def test_a_caller_that_gives_up_never_receives_or_shifts_a_reply(
     """Callers cancelled while their commands wait on a frozen Redis keep their places in the
     queue; when Redis thaws, every other caller still gets exactly its own reply."""
     async with multiplexed(redis_server.url) as client:
-        script = client.register_script(ECHO)
-        assert await echo(script, "connected") == b"connected"
+        script = await connected_echo(client)
         for _ in range(3):
             with frozen(redis_server):
                 calls = {tag: asyncio.ensure_future(echo(script, tag)) for tag in tags(200)}
@@ -126,8 +132,7 @@ async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_reco
     redis_server: RedisServer,
 ) -> None:
     async with multiplexed(redis_server.url, timeout_seconds=0.25) as client:
-        script = client.register_script(ECHO)
-        assert await echo(script, "before") == b"before"
+        script = await connected_echo(client)
         with frozen(redis_server):
             results = await asyncio.gather(
                 *(echo(script, tag) for tag in tags(20)), return_exceptions=True
@@ -142,8 +147,7 @@ async def test_past_max_in_flight_a_call_fails_at_once_instead_of_queueing(
     redis_server: RedisServer,
 ) -> None:
     async with multiplexed(redis_server.url, max_in_flight=3) as client:
-        script = client.register_script(ECHO)
-        await echo(script, "connected")
+        script = await connected_echo(client)
         with frozen(redis_server):
             waiting = [asyncio.ensure_future(echo(script, str(n))) for n in range(3)]
             await asyncio.sleep(0)  # all three are queued
@@ -156,8 +160,7 @@ async def test_a_dropped_connection_is_replaced_and_the_call_sent_again(
     redis_server: RedisServer,
 ) -> None:
     async with multiplexed(redis_server.url) as client:
-        script = client.register_script(ECHO)
-        await echo(script, "connected")
+        script = await connected_echo(client)
         with Redis.from_url(redis_server.url) as redis:
             assert redis.client_kill_filter(_type="normal", skipme=True) == 1
         # The event loop has not seen the connection close yet: this call is written to the
@@ -169,8 +172,7 @@ async def test_a_stopped_redis_fails_every_waiting_caller_and_a_restarted_one_se
     redis_server: RedisServer,
 ) -> None:
     async with multiplexed(redis_server.url) as client:
-        script = client.register_script(ECHO)
-        await echo(script, "connected")
+        script = await connected_echo(client)
         redis_server.stop()
         results = await asyncio.gather(
             *(echo(script, tag) for tag in tags(50)), return_exceptions=True
@@ -269,8 +271,7 @@ async def test_closing_the_client_fails_waiting_callers_instead_of_leaving_them(
     redis_server: RedisServer,
 ) -> None:
     client = MultiplexedRedis(redis_server.url, timeout=3 * HANG_GUARD_SECONDS, max_in_flight=9)
-    script = client.register_script(ECHO)
-    await echo(script, "connected")
+    script = await connected_echo(client)
     with frozen(redis_server):
         waiting = asyncio.ensure_future(echo(script, "never answered"))
         await asyncio.sleep(0)

@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.ratelimit import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
-from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
+from .helpers import PASSWORD, add_user, bearer, login, me
 from .redis_monitor import client_commands
 from .redis_server import RedisServer
 
@@ -245,30 +245,6 @@ def app_on(server: RedisServer, limited: MakeSettings, **values: Any) -> FastAPI
     settings = limited(server.url, **values)
     add_user(settings, "alice")
     return create_app(settings)
-
-
-async def test_scripts_reload_after_a_script_flush(
-    redis_server: RedisServer, limited: MakeSettings
-) -> None:
-    """`NOSCRIPT` after SCRIPT FLUSH is handled: the script is loaded again, the request passes."""
-    async with running(app_on(redis_server, limited)) as client:
-        token = (await login(client, "alice"))["access_token"]
-        assert (await me(client, token)).status_code == 200
-        with Redis.from_url(redis_server.url) as redis:
-            redis.script_flush()
-        assert (await me(client, token)).status_code == 200
-
-
-async def test_after_redis_restarts_empty_old_tokens_are_401_and_login_works(
-    redis_server: RedisServer, limited: MakeSettings
-) -> None:
-    async with running(app_on(redis_server, limited)) as client:
-        token = (await login(client, "alice"))["access_token"]
-        assert (await me(client, token)).status_code == 200
-        redis_server.restart()
-        assert_invalid_token(await me(client, token))  # the session went with the restart
-        fresh = (await login(client, "alice"))["access_token"]
-        assert (await me(client, fresh)).status_code == 200
 
 
 def public_app(app: FastAPI) -> FastAPI:
