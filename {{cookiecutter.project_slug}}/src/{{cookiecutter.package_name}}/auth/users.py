@@ -79,13 +79,12 @@ class FileUserStore:
         seen = (status.st_ino, status.st_size, status.st_mtime_ns)
         if seen == self._seen:
             return
+        self._seen = seen  # this version is read once, whether or not it parses
         try:
             self._users = self._read()
         except (OSError, ValueError):
             # Keep serving the last good version; a hand edit gone wrong must not lock out all.
             logger.warning("users file %s is unreadable; keeping the previous users", self.path)
-            return
-        self._seen = seen
 
     def _read(self) -> dict[str, User]:
         try:
