@@ -46,3 +46,14 @@ def test_a_refused_decision_says_when_to_retry_in_whole_seconds() -> None:
 
 def test_retry_after_is_never_zero() -> None:
     assert Decision.from_script(0, 0, 3, 3).retry_after_seconds == 1
+
+
+@pytest.mark.parametrize(("limit", "period"), [(0, 60), (10, 0), (-1, 1)])
+def test_a_rate_built_in_code_is_checked_too(limit: int, period: int) -> None:
+    """`Rate(...)` in a route's code is checked when it is made (at import), not on a request."""
+    with pytest.raises(ValueError, match="at least 1"):
+        Rate(limit, period)
+
+
+def test_a_rate_with_another_period_still_prints() -> None:
+    assert str(Rate(10, 90)) == "10/90s"

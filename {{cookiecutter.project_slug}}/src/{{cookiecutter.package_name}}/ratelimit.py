@@ -29,6 +29,12 @@ class Rate:
     limit: int
     period_seconds: int
 
+    def __post_init__(self) -> None:
+        # Checked here, not only in from_string: a route's own Rate(...) is built in code, and
+        # a zero would otherwise fail as a division on every request to that route.
+        if self.limit < 1 or self.period_seconds < 1:
+            raise ValueError(f"a rate needs a limit and a period of at least 1, not {self!r}")
+
     @classmethod
     def from_string(cls, text: str) -> Rate:
         """Parse `N/second`, `N/minute` or `N/hour`; raise ValueError naming what is accepted."""
@@ -54,7 +60,7 @@ class Rate:
 
     def __str__(self) -> str:
         names = {seconds: name for name, seconds in PERIOD_SECONDS.items()}
-        return f"{self.limit}/{names[self.period_seconds]}"
+        return f"{self.limit}/{names.get(self.period_seconds, f'{self.period_seconds}s')}"
 
 
 @dataclass(frozen=True, slots=True)
