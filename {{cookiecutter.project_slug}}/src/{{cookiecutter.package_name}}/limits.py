@@ -49,6 +49,7 @@ class Limiter:
 
     def __init__(self, redis: RedisClient | MultiplexedRedis, settings: Settings) -> None:
         self._prefix = settings.redis_key_prefix
+        self._login_prefix = f"{settings.redis_key_prefix}:{hash_tag(LOGIN_POLICY)}"
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open
         self._take = scripts.register(redis, "limit.lua", with_gcra=True)
@@ -57,11 +58,7 @@ class Limiter:
         """Take one attempt from the client's and the account's buckets (both, or neither)."""
         # The account is keyed by a digest: attempted names are attacker-chosen text.
         account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        tag = hash_tag(LOGIN_POLICY)
-        keys = [
-            f"{self._prefix}:{tag}:client:{client}",
-            f"{self._prefix}:{tag}:account:{account}",
-        ]
+        keys = [f"{self._login_prefix}:client:{client}", f"{self._login_prefix}:account:{account}"]
         return await self._take_or_fail_open(keys, self._login_rate)
 
     async def client_request(self, client: str, rate: Rate, policy: str) -> Decision:
