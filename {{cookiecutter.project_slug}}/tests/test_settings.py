@@ -38,12 +38,12 @@ def test_defaults_match_the_documented_table(build: Build) -> None:
     assert settings.environment == "development"
     assert settings.redis_url == "redis://localhost:6379/0"
     assert settings.redis_timeout_seconds == 0.5
-    assert settings.jwt_algorithm == "HS256"
-    assert settings.jwt_issuer == settings.jwt_audience == "auth-service"
-    assert settings.access_token_ttl_seconds == 900
+    assert settings.jwt_algorithm == "{{ cookiecutter.jwt_algorithm }}"
+    assert settings.jwt_issuer == settings.jwt_audience == "{{ cookiecutter.project_slug }}"
+    assert settings.access_token_ttl_seconds == {{ cookiecutter.access_token_ttl_seconds }}
     assert settings.session_idle_ttl_seconds == 1800
     assert settings.session_absolute_ttl_seconds == 86400
-    assert settings.rate_limit == Rate.from_string("100/minute")
+    assert settings.rate_limit == Rate.from_string("{{ cookiecutter.rate_limit }}")
     assert settings.login_rate_limit == Rate(limit=5, period_seconds=60)
     assert settings.rate_limit_fail_open is False
     assert settings.trusted_proxies == ()
@@ -108,6 +108,7 @@ def test_refuses_bad_values_with_a_clear_message(
         build(**values)
 
 
+{% if cookiecutter.jwt_algorithm.startswith("HS") -%}
 def test_a_secret_is_required(build: Build) -> None:
     """HS256 without a secret does not start, in any environment."""
     with pytest.raises(ValidationError, match="APP_JWT_SECRET is required"):
@@ -132,14 +133,30 @@ def test_production_accepts_a_strong_secret(build: Build) -> None:
     assert build(environment="production").environment == "production"
 
 
-def test_errors_are_described_by_variable_name_without_values(build: Build) -> None:
-    """The CLI reports `APP_<NAME>: problem`, and a rejected secret is never echoed."""
-    with pytest.raises(ValidationError) as caught:
-        build(rate_limit="lots")
-    assert describe(caught.value).startswith("error: APP_RATE_LIMIT:")
+def test_a_rejected_secret_is_never_echoed(build: Build) -> None:
+    """The production check's error carries the settings as its input; the CLI's description
+    names the variable and leaves the value out."""
     rejected = "short-but-random-Zx81"
     with pytest.raises(ValidationError) as caught:
         build(environment="production", jwt_secret=rejected)
     text = describe(caught.value)
-    assert "APP_JWT_SECRET" in text  # this error's input holds the secret: it must not show
+    assert "APP_JWT_SECRET" in text
     assert rejected not in text
+{%- else -%}
+def test_key_files_are_required(build: Build, tmp_path: Path) -> None:
+    """{{ cookiecutter.jwt_algorithm }} does not start without both key files."""
+    with pytest.raises(ValidationError, match="APP_JWT_PRIVATE_KEY_FILE is required"):
+        build(jwt_private_key_file=None)
+    with pytest.raises(ValidationError, match="is not a readable file"):
+        build(
+            jwt_private_key_file=tmp_path / "missing.pem",
+            jwt_public_key_file=tmp_path / "missing.pub.pem",
+        )
+{%- endif %}
+
+
+def test_errors_are_described_by_variable_name(build: Build) -> None:
+    """The CLI reports `APP_<NAME>: problem` (for secrets, HS bakes also check no echo)."""
+    with pytest.raises(ValidationError) as caught:
+        build(rate_limit="lots")
+    assert describe(caught.value).startswith("error: APP_RATE_LIMIT:")
