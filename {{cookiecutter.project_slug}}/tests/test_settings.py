@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+{% if not cookiecutter.jwt_algorithm.startswith("HS") %}import os
+{% endif %}from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,23 @@ def test_key_files_are_required(build: Build, tmp_path: Path) -> None:
     """{{ cookiecutter.jwt_algorithm }} does not start without both key files."""
     with pytest.raises(ValidationError, match="APP_JWT_PRIVATE_KEY_FILE is required"):
         build(jwt_private_key_file=None)
-    with pytest.raises(ValidationError, match="is not a readable file"):
+    with pytest.raises(ValidationError, match=r"cannot read .*missing\.pem: No such file"):
         build(
             jwt_private_key_file=tmp_path / "missing.pem",
             jwt_public_key_file=tmp_path / "missing.pub.pem",
         )
+
+
+def test_a_key_path_that_cannot_be_opened_is_one_line(build: Build, tmp_path: Path) -> None:
+    """The check opens each key file as the service will, so a path it cannot read stops startup
+    with one line naming the variable (a container's user denied a host's key file is checked
+    for real by the template's Docker tests)."""
+    with pytest.raises(ValidationError) as caught:
+        build(jwt_public_key_file=tmp_path)  # a directory: it exists, but cannot be read as a key
+    assert describe(caught.value).splitlines() == [
+        f"error: APP_JWT_PUBLIC_KEY_FILE: cannot read {tmp_path}: Is a directory "
+        f"(this process runs as uid {os.getuid()})"
+    ]
 {%- endif %}
 
 

@@ -30,9 +30,13 @@ def describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors(include_input=False, include_url=False):
         field = "_".join(str(part) for part in problem["loc"])
-        name = f"APP_{field.upper()}" if field else "settings"
         message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"error: {name}: {message}")
+        if field:
+            lines.append(f"error: APP_{field.upper()}: {message}")
+        elif message.startswith("APP_"):  # a check across settings names its variable itself
+            lines.append(f"error: {message}")
+        else:
+            lines.append(f"error: settings: {message}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ and hand the result to `create_app`.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -114,8 +115,17 @@ class Settings(BaseSettings):
         ):
             if path is None:
                 raise ValueError(f"{name} is required for {self.jwt_algorithm}")
-            if not path.is_file():
-                raise ValueError(f"{name}: {path} is not a readable file")
+            try:  # open it, as the service will: a file it may not read fails here, in one line
+                with path.open("rb"):
+                    pass
+            except OSError as error:
+                problem = f"{name}: cannot read {path}: {error.strerror}{_as_whom()}"
+                raise ValueError(problem) from None
+
+
+def _as_whom() -> str:
+    """Who could not read a file: in a container, the image's user rather than the host's."""
+    return f" (this process runs as uid {os.getuid()})" if hasattr(os, "getuid") else ""
 
 
 @lru_cache(maxsize=1)
