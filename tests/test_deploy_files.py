@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,7 +45,10 @@ def test_compose_runs_the_app_after_a_healthy_password_protected_redis(project: 
     password = dotenv(project)["REDIS_PASSWORD"]
 
     assert app["build"]["context"] == str(project)
-    assert app["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    expected_start_order = {"redis": {"condition": "service_healthy"}}
+    if (project / "keys").is_dir():
+        expected_start_order["keys"] = {"condition": "service_completed_successfully"}
+    assert app["depends_on"] == expected_start_order
     assert app["environment"]["APP_REDIS_URL"] == f"redis://:{password}@redis:6379/0"
     assert app["environment"]["APP_HOST"] == "0.0.0.0"  # inside the container only
     assert app["environment"]["APP_USERS_FILE"].startswith("/data/")
@@ -65,14 +69,37 @@ def test_compose_publishes_only_on_loopback(project: Path, file: str) -> None:
             assert published.startswith("127.0.0.1:"), f"{name} publishes {port}"
 
 
-def test_compose_keeps_users_on_a_named_volume_and_mounts_keys_read_only(project: Path) -> None:
+def test_compose_keeps_users_on_a_named_volume(project: Path) -> None:
     config = compose_config(project)
-    app = config["services"]["app"]
-    volumes = [str(volume) for volume in app["volumes"]]
+    volumes = [str(volume) for volume in config["services"]["app"]["volumes"]]
     assert "users" in config["volumes"]
     assert any(volume.startswith("users:/data") for volume in volumes), volumes
-    has_keys = (project / "keys").is_dir()
-    assert any("/app/keys:ro" in volume for volume in volumes) == has_keys
+
+
+def test_compose_hands_the_key_pair_to_the_app_user_alone(project: Path) -> None:
+    """RS/ES: the app never bind-mounts the owner-only ./keys (its uid could not read it); a
+    one-shot `keys` service copies it into a volume for the image's uid, without network."""
+    if not (project / "keys").is_dir():
+        assert "keys" not in compose_config(project)["services"]
+        return
+    app_uid = next(
+        rest.split("=", 1)[1]
+        for name, rest in dockerfile_instructions(project)
+        if name == "ARG" and rest.startswith("APP_UID=")
+    )
+    for file in ("compose.yaml", "compose.scale.yaml"):
+        services = compose_config(project, file)["services"]
+        app, keys = services["app"], services["keys"]
+        assert "keys:/app/keys:ro" in [str(volume) for volume in app["volumes"]]
+        assert not any(str(volume).startswith(str(project)) for volume in app["volumes"])
+        assert [str(volume) for volume in keys["volumes"]] == [
+            f"{project / 'keys'}:/host-keys:ro",
+            "keys:/keys:rw",
+        ]
+        assert keys["command"][:7] == ["install", "-m", "0400", "-o", app_uid, "-g", app_uid]
+        assert keys["network_mode"] == "none"
+        assert keys["cap_drop"] == ["ALL"]
+        assert keys["image"] == app["image"]  # the app's own image: nothing else to fetch
 
 
 def test_compose_refuses_to_start_without_the_redis_password(project: Path) -> None:
@@ -126,6 +153,11 @@ def test_dockerfile_is_multi_stage_non_root_with_a_liveness_healthcheck(project:
     assert command == ["python", "-m", package, "serve"]
 
 
+def test_dockerfile_fetches_no_buildkit_frontend(project: Path) -> None:
+    """A `# syntax=` line makes BuildKit fetch its frontend from a registry at every build."""
+    assert not re.search(r"^#\s*syntax\s*=", (project / "Dockerfile").read_text(), re.MULTILINE)
+
+
 def test_nothing_secret_is_sent_to_the_docker_build(project: Path) -> None:
     ignored = (project / ".dockerignore").read_text().splitlines()
     assert {".env", "keys/"} <= set(ignored)
@@ -170,6 +202,11 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     subnet = ipaddress.ip_network(config["networks"]["edge"]["ipam"]["config"][0]["subnet"])
     assert proxy_address in subnet
     assert app["environment"]["APP_TRUSTED_PROXIES"] == f"{proxy_address}/32"
+    # Docker gives the first container to start (Redis) the first free address: dynamic
+    # addresses must come from a range that leaves the proxy's fixed one free.
+    dynamic = ipaddress.ip_network(config["networks"]["edge"]["ipam"]["config"][0]["ip_range"])
+    assert dynamic.subnet_of(subnet)  # type: ignore[arg-type]
+    assert proxy_address not in dynamic
     nginx = (project / "deploy" / "nginx.conf").read_text()
     assert "server app:8000;" in nginx
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
