@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -53,6 +53,13 @@ def compose_commands() -> list[list[str]]:
     return found
 
 
+def unavailable(what: str) -> NoReturn:
+    """Something the Docker tests need is missing: a failure on CI, elsewhere a skip saying so."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the Docker tests cannot run on CI: {what}", pytrace=False)
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A running engine and a Compose command; stops the engine afterwards if it started it."""
@@ -61,16 +68,11 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     except CommandFailed as failure:  # something is there but broken: never a skip
         pytest.fail(f"the Docker engine: {failure}", pytrace=False)
     except DockerUnavailable as missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the Docker tests need an engine: {missing}", pytrace=False)
-        pytest.skip(f"no Docker engine: {missing}")
+        unavailable(f"no Docker engine: {missing}")
     try:
         commands = compose_commands()
         if not commands:
-            message = "neither `docker compose` (v2) nor `docker-compose` (v1) is on PATH"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+            unavailable("neither `docker compose` (v2) nor `docker-compose` (v1) is on PATH")
         print(f"\ncompose: {' '.join(commands[0])} (of {[' '.join(c) for c in commands]})")
         yield commands[0]
     finally:
@@ -316,6 +318,40 @@ def test_a_key_the_app_cannot_read_is_one_line_at_startup(stack: Stack) -> None:
         "error: APP_JWT_PRIVATE_KEY_FILE: cannot read keys/jwt-private.pem: Permission denied "
         f"(this process runs as uid {APP_UID})"
     ]
+
+
+def buildkit_client() -> str | None:
+    """A docker client that builds with BuildKit: one with buildx, or an engine-era client
+    (before 23.0) whose built-in BuildKit `DOCKER_BUILDKIT=1` turns on."""
+    for client in dict.fromkeys(filter(None, [shutil.which("docker"), "/usr/bin/docker"])):
+        if not Path(client).exists():
+            continue
+        buildx = subprocess.run([client, "buildx", "version"], capture_output=True, check=False)
+        version = subprocess.run(
+            [client, "version", "--format", "{{.Client.Version}}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if buildx.returncode == 0 or (version and int(version.split(".")[0]) < 23):
+            return client
+    return None
+
+
+@pytest.mark.parametrize("stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], indirect=True)
+def test_dockerfile_builds_with_buildkit_from_local_base_images(stack: Stack) -> None:
+    """No `# syntax=` frontend to fetch: BuildKit builds from the images the engine has."""
+    client = buildkit_client()
+    if client is None:
+        unavailable("no docker client here builds with BuildKit (no buildx, no client < 23)")
+    result = subprocess.run(
+        [client, "build", "--quiet", "--tag", f"{stack.name}-buildkit", "."],
+        cwd=stack.project, env={**stack.env, "DOCKER_BUILDKIT": "1"},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    subprocess.run(["docker", "rmi", f"{stack.name}-buildkit"], capture_output=True, check=False)
+    print(f"\nBuildKit build with {client}: exit {result.returncode}")
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 PROXY_ADDRESS = "172.28.0.2"  # compose.scale.yaml's fixed address for nginx
