@@ -97,8 +97,12 @@ def test_compose_hands_the_key_pair_to_the_app_user_alone(project: Path) -> None
             "keys:/keys:rw",
         ]
         assert keys["command"][:7] == ["install", "-m", "0400", "-o", app_uid, "-g", app_uid]
+        assert keys["user"] == "0:0"  # only to read the host's files and hand them over
         assert keys["network_mode"] == "none"
+        assert keys["read_only"] is True
         assert keys["cap_drop"] == ["ALL"]
+        assert sorted(keys["cap_add"]) == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+        assert keys["security_opt"] == ["no-new-privileges:true"]
         assert keys["image"] == app["image"]  # the app's own image: nothing else to fetch
 
 
