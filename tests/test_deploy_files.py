@@ -209,7 +209,7 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     # Docker gives the first container to start (Redis) the first free address: dynamic
     # addresses must come from a range that leaves the proxy's fixed one free.
     dynamic = ipaddress.ip_network(config["networks"]["edge"]["ipam"]["config"][0]["ip_range"])
-    assert dynamic.subnet_of(subnet)  # type: ignore[arg-type]
+    assert dynamic.subnet_of(subnet)
     assert proxy_address not in dynamic
     nginx = (project / "deploy" / "nginx.conf").read_text()
     assert "server app:8000;" in nginx

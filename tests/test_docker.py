@@ -317,7 +317,9 @@ def test_compose_up_serves_logged_in_requests(stack: Stack) -> None:
     )
 
 
-@pytest.mark.parametrize("stack", [({"jwt_algorithm": "RS256"}, "compose.yaml")], indirect=True)
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "RS256"}, "compose.yaml")], ids=["RS256"], indirect=True
+)
 def test_a_key_the_app_cannot_read_is_one_line_at_startup(stack: Stack) -> None:
     """The host's owner-only key mounted straight into the container (what compose.yaml used to
     do): the app stops with status 2 and one line naming the setting, not a traceback."""
@@ -360,7 +362,9 @@ def buildkit_client() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], indirect=True)
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], ids=["HS256"], indirect=True
+)
 def test_dockerfile_builds_with_buildkit_from_local_base_images(stack: Stack) -> None:
     """No `# syntax=` frontend to fetch: BuildKit builds from the images the engine has."""
     client = buildkit_client()
@@ -406,7 +410,7 @@ def wait_for_proxy(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize(
-    "stack", [({"jwt_algorithm": "ES256"}, "compose.scale.yaml")], indirect=True
+    "stack", [({"jwt_algorithm": "ES256"}, "compose.scale.yaml")], ids=["ES256"], indirect=True
 )
 def test_scaled_replicas_behind_the_proxy(stack: Stack) -> None:
     """`--scale app=3`: all healthy, requests through nginx reach more than one replica, and
