@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -56,13 +56,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def start_service(environment: dict[str, str], cwd: Path) -> Service:
+def start_service(environment: dict[str, str], cwd: Path, output: IO[str] | None = None) -> Service:
+    """Start `serve` on a free port. Its output goes to `output`, or to a pipe read at the end:
+    a test making many requests must pass a file, or the access log fills the pipe and the
+    service stops."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
         env=environment,
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
         text=True,
     )

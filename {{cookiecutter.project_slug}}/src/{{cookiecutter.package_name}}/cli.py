@@ -69,6 +69,8 @@ def served_app() -> FastAPI:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .server import BoundedHttpToolsProtocol
+
     settings = load_settings()
     # Process managers (Docker, systemd, Kubernetes) read status 0 as a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
@@ -78,6 +80,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,
+        http=BoundedHttpToolsProtocol,  # header blocks and bodies of bounded size
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

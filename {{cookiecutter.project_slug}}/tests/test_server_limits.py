@@ -1,0 +1,200 @@
+"""The served process bounds what a client can make it hold: header blocks and bodies.
+
+These talk raw HTTP/1.1 over sockets to `python -m {{ cookiecutter.package_name }} serve`, because
+the limits live in the server's protocol (`server.py`), below FastAPI and below any test client.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from {{ cookiecutter.package_name }}.server import MAX_BODY_BYTES, MAX_HEADER_BYTES
+
+from .conftest import delete_keys, make_settings
+from .test_processes import Service, environment_for, kill, start_service, wait_until_ready
+
+SENDERS = 8  # concurrent clients in the memory test
+SENT_PER_CLIENT = 8 * 1024 * 1024  # what each of them tries to send
+MAX_GROWTH_MIB = 4  # peak RSS growth the server may show while they do
+CHUNK = 64 * 1024
+STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+@pytest.fixture(scope="module")
+def served(
+    redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Service, int]]:
+    """One served process and its port."""
+    folder = tmp_path_factory.mktemp("server-limits")
+    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
+    log = (folder / "service.log").open("w")  # many requests: a pipe would fill up
+    service = start_service(environment_for(settings, redis_url, key_files), folder, log)
+    try:
+        wait_until_ready(service)
+        port = urlsplit(service.url).port
+        assert port is not None
+        yield service, port
+    finally:
+        kill(service)
+        log.close()
+        delete_keys(redis_url, settings.redis_key_prefix)
+
+
+def request_with_header_block(size: int, path: str = "/health/live") -> bytes:
+    """A GET whose header block (request line to blank line, inclusive) is `size` bytes."""
+    head = f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nX-Padding: ".encode()
+    end = b"\r\n\r\n"
+    return head + b"p" * (size - len(head) - len(end)) + end
+
+
+def exchange(port: int, *pieces: bytes) -> bytes:
+    """Send `pieces` as separate writes, then read until the server closes the connection.
+    A reset after the server's answer counts as the end of it."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for piece in pieces:
+                connection.sendall(piece)
+            while chunk := connection.recv(CHUNK):
+                received += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return received
+
+
+def statuses(answer: bytes) -> list[int]:
+    """The status of each response in `answer` (a body ends where the next status line starts)."""
+    return [int(status) for status in STATUS_LINE.findall(answer)]
+
+
+def in_pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("piece_size", [None, 1000, 7001], ids=["one write", "1000", "7001"])
+def test_a_header_block_of_exactly_the_limit_is_served(
+    served: tuple[Service, int], piece_size: int | None
+) -> None:
+    request = request_with_header_block(MAX_HEADER_BYTES)
+    pieces = in_pieces(request, piece_size) if piece_size else [request]
+    assert statuses(exchange(served[1], *pieces)) == [200]
+
+
+@pytest.mark.parametrize("piece_size", [None, 1000, 7001], ids=["one write", "1000", "7001"])
+def test_one_byte_more_is_refused_with_431(
+    served: tuple[Service, int], piece_size: int | None
+) -> None:
+    request = request_with_header_block(MAX_HEADER_BYTES + 1)
+    pieces = in_pieces(request, piece_size) if piece_size else [request]
+    answer = exchange(served[1], *pieces)
+    assert statuses(answer) == [431], answer[:200]
+    assert b"connection: close" in answer.lower()
+
+
+def test_many_small_pipelined_requests_are_all_answered(served: tuple[Service, int]) -> None:
+    """Three times the header limit of small requests in one write: the limit is per request."""
+    one = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    count = 3 * MAX_HEADER_BYTES // len(one)
+    last = b"GET /health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    assert statuses(exchange(served[1], one * count + last)) == [200] * (count + 1)
+
+
+def test_a_pipelined_request_with_a_huge_header_block_is_refused(
+    served: tuple[Service, int],
+) -> None:
+    first = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    second = request_with_header_block(4 * MAX_HEADER_BYTES)
+    assert statuses(exchange(served[1], first + second)) == [200, 431]
+
+
+def post_refresh(extra_headers: str) -> bytes:
+    return (
+        f"POST /auth/refresh HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\n{extra_headers}\r\n"
+    ).encode()
+
+
+def refresh_body(size: int) -> bytes:
+    """A JSON body of exactly `size` bytes: a made-up refresh token, padded with spaces."""
+    body = b'{"refresh_token": "made-up"}'
+    return body + b" " * (size - len(body))
+
+
+def test_a_body_of_exactly_the_limit_is_read(served: tuple[Service, int]) -> None:
+    body = refresh_body(MAX_BODY_BYTES)
+    head = post_refresh(f"Content-Length: {len(body)}\r\n")
+    assert statuses(exchange(served[1], head, body)) == [401]  # read, parsed, token refused
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(
+    served: tuple[Service, int],
+) -> None:
+    """The answer comes after the headers alone: the server never waits for the body."""
+    head = post_refresh(f"Content-Length: {MAX_BODY_BYTES + 1}\r\n")
+    assert statuses(exchange(served[1], head)) == [413]
+
+
+def test_a_chunked_body_growing_over_the_limit_is_refused(served: tuple[Service, int]) -> None:
+    head = post_refresh("Transfer-Encoding: chunked\r\n")
+    chunk = b"%x\r\n%s\r\n" % (CHUNK, b" " * CHUNK)
+    answer = exchange(served[1], head, chunk, chunk, b"0\r\n\r\n")
+    assert statuses(answer) == [413], answer[:200]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def reset_peak_rss(pid: int) -> float:
+    """Set the process's peak RSS to its current RSS (Linux: `5` into clear_refs); return it."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return peak_rss_mib(pid)
+
+
+def flood(port: int, start: bytes, piece: bytes, total: int) -> None:
+    """Send `start`, then `piece` until `total` bytes or until the server closes; never finish
+    the request (a server that buffers it all would wait for the rest)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        try:
+            connection.sendall(start)
+            for _ in range(total // len(piece)):
+                connection.sendall(piece)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_clients_sending_megabytes_cost_the_server_almost_no_memory(
+    served: tuple[Service, int],
+) -> None:
+    """Eight clients each send 8 MiB of one header, eight more 8 MiB of chunked body, all at
+    once. Buffered, that would be over 100 MiB; the server's peak RSS moves by a few MiB."""
+    service, port = served
+    pid = service.process.pid
+    floods = [
+        (b"GET /me HTTP/1.1\r\nHost: test\r\nX-Flood: ", b"f" * CHUNK),
+        (post_refresh("Transfer-Encoding: chunked\r\n"), b"%x\r\n%s\r\n" % (CHUNK, b" " * CHUNK)),
+    ]
+    assert statuses(exchange(port, request_with_header_block(200))) == [200]  # warm
+    before = reset_peak_rss(pid)
+    with ThreadPoolExecutor(max_workers=2 * SENDERS) as pool:
+        for future in [
+            pool.submit(flood, port, start, piece, SENT_PER_CLIENT)
+            for start, piece in floods
+            for _ in range(SENDERS)
+        ]:
+            future.result()
+    assert statuses(exchange(port, request_with_header_block(200))) == [200]  # still serving
+    growth = peak_rss_mib(pid) - before
+    assert growth <= MAX_GROWTH_MIB, f"peak RSS grew {growth:.1f} MiB"
