@@ -16,6 +16,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package_name }}.auth.dependencies import limited_principal
+from {{ cookiecutter.package_name }}.auth.passwords import PasswordChecker
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.limits import limit_by_client
 from {{ cookiecutter.package_name }}.main import create_app
@@ -278,7 +279,7 @@ async def test_a_refused_attempt_never_reaches_the_password_check(
     settings = limited(login_rate_limit="3/minute", redis_timeout_seconds=5)
     add_user(settings, "alice")
     app = create_app(settings)
-    checker = app.state.password_checker
+    checker: PasswordChecker = app.state.password_checker
     check = checker.check
     checked: list[str | None] = []
 
