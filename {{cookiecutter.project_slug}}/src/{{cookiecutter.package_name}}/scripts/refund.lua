@@ -8,7 +8,7 @@
 -- past it, and no number of refunds adds up to more than the burst. A bucket that still limits
 -- keeps a TTL of exactly as long as it does; one that has expired is left alone. (The attempt
 -- was already running out while the password was checked, so a whole interval may give back a
--- little more than it still held: at most the check's duration, and never a whole attempt more.)
+-- little more than it still held: at most the time the check took, and at most one interval.)
 -- KEYS    the buckets (one hash tag, so one cluster slot)
 -- ARGV[1] emission interval (microseconds)   ARGV[2] burst
 -- Returns {1, remaining, 0, reset_us} for the tightest bucket, as limit.lua does when it allows.
