@@ -426,7 +426,10 @@ def test_scaled_replicas_behind_the_proxy(stack: Stack) -> None:
     wait_for_proxy(stack)
 
     assert "created user alice" in stack.create_user("alice", "read", "--index", "1")
-    login = stack.login("alice", **{"X-Forwarded-For": "203.0.113.7"})  # a client's own claim
+    # A failed login leaves a bucket (a success gives its attempt back), read at the end.
+    claim = {"X-Forwarded-For": "203.0.113.7"}  # a client's own claim
+    assert stack.login("alice", "a wrong password", **claim).status_code == 401
+    login = stack.login("alice", **claim)
     assert login.status_code == 200, login.text
     bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
     with httpx.Client(base_url=stack.base_url, headers=bearer, timeout=30) as client:

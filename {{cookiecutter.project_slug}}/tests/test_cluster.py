@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.redis import ClusterClient
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, running
-from .helpers import add_user, assert_invalid_token, bearer, login, me
+from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
 from .redis_cluster import RedisClusterServers
 
 pytestmark = pytest.mark.anyio
@@ -240,3 +240,37 @@ async def test_a_burst_beyond_the_pool_waits_for_a_connection_instead_of_failing
     for name, response in zip(names, responses, strict=True):
         assert response.status_code == 200, response.text
         assert response.json()["sub"] == name
+
+
+async def test_login_gives_successes_back_and_limits_failures_on_the_cluster(
+    cluster: RedisClusterServers,
+    key_files: dict[str, Path],
+    users_file: Path,
+    cluster_settings: Settings,
+    inspector: dict[str, Redis],
+) -> None:
+    """At 3/minute: five successes in a row, then exactly three failures and a 429 for the right
+    password. Both login scripts touch two keys of the `{login}` slot; the refund deletes the
+    bucket it empties (the successful account's) and leaves the others with a TTL."""
+    settings = cluster_settings_for(cluster, key_files, users_file, login_rate_limit="3/minute")
+    async with running(create_app(settings)) as client:
+        for _ in range(5):
+            await login(client, USERS[3])
+        failures = []
+        for _ in range(4):
+            form = {"username": USERS[4], "password": "not the password"}
+            failures.append((await client.post("/auth/token", data=form)).status_code)
+        form = {"username": USERS[5], "password": PASSWORD}
+        right_password = await client.post("/auth/token", data=form)
+    assert failures == [401, 401, 401, 429]
+    assert right_password.status_code == 429
+
+    pattern = f"{settings.redis_key_prefix}:{hash_tag('login')}:*"
+    found = {node: list(server.scan_iter(match=pattern)) for node, server in inspector.items()}
+    ((node, keys),) = [(node, keys) for node, keys in found.items() if keys]  # one node
+    # The client's bucket and the failed account's; the successful account's is gone.
+    assert len(keys) == 2, keys
+    slots = {int(inspector[node].cluster("KEYSLOT", key)) for key in keys}
+    assert slots == {key_slot(hash_tag("login").encode())}
+    for key in keys:
+        assert 0 < inspector[node].pttl(key) <= 60_000, key

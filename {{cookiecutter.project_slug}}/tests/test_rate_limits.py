@@ -16,6 +16,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package_name }}.auth.dependencies import limited_principal
+from {{ cookiecutter.package_name }}.auth.passwords import PasswordChecker
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.limits import limit_by_client
 from {{ cookiecutter.package_name }}.main import create_app
@@ -144,7 +145,8 @@ async def test_successful_limited_responses_carry_the_headers(limited: MakeSetti
             "/auth/token", data={"username": "alice", "password": PASSWORD}
         )
         assert response.headers["RateLimit-Policy"] == '"login";q=5;w=60'
-        assert response.headers["RateLimit"].startswith('"login";r=4;')
+        # A success gives its attempt back, and the header says so.
+        assert response.headers["RateLimit"] == '"login";r=5;t=0'
         token = response.json()["access_token"]
         logout = await client.post("/auth/logout", headers=bearer(token))
     assert logout.status_code == 204
@@ -206,13 +208,108 @@ async def test_many_addresses_against_one_account_are_limited_too(limited: MakeS
     assert other_case.status_code == 429
 
 
+async def test_successful_logins_never_use_up_the_login_budget(limited: MakeSettings) -> None:
+    """An office behind one address: at 3/minute, eleven logins from that address in a row
+    (four users, one of them eight times) all succeed, and the budget is still whole."""
+    settings = limited(login_rate_limit="3/minute")
+    names = ["alice", "bob", "carol", "dave"]
+    for name in names:
+        add_user(settings, name)
+    async with running(create_app(settings)) as client:
+        form = [{"username": name, "password": PASSWORD} for name in [*names, *["alice"] * 7]]
+        responses = [await client.post("/auth/token", data=data) for data in form]
+    assert [response.status_code for response in responses] == [200] * 11
+    assert responses[-1].headers["RateLimit"] == '"login";r=3;t=0'
+
+
+async def test_after_successes_exactly_the_limit_of_failures_per_client(
+    limited: MakeSettings,
+) -> None:
+    """A success gives back its own attempt and nothing more: from one address at 3/minute,
+    six successes and then successes between failures still leave exactly three failures;
+    then that address gets 429 for any account, even with the right password."""
+    settings = limited(login_rate_limit="3/minute")
+    add_user(settings, "alice")
+    add_user(settings, "bob")
+    right, wrong = PASSWORD, "not the password"
+    attempts = [("alice", right)] * 6 + [
+        ("user0", wrong), ("alice", right), ("user1", wrong), ("alice", right), ("user2", wrong),
+        ("user3", wrong), ("bob", right),
+    ]  # fmt: skip
+    async with running(create_app(settings)) as client:
+        responses = [
+            await client.post("/auth/token", data={"username": name, "password": password})
+            for name, password in attempts
+        ]
+    statuses = [response.status_code for response in responses]
+    assert statuses == [200] * 6 + [401, 200, 401, 200, 401, 429, 429]
+    assert responses[-1].headers["Retry-After"] == "20"
+
+
+async def test_after_successes_exactly_the_limit_of_failures_per_account(
+    limited: MakeSettings,
+) -> None:
+    """The account's budget is per account whatever the address: after six successes, three
+    failures from three addresses use it up, and the owner is refused from a fourth one."""
+    settings = limited(login_rate_limit="3/minute", trusted_proxies="127.0.0.1/32")
+    add_user(settings, "alice")
+    office = {"X-Forwarded-For": "198.51.100.1"}
+    form = {"username": "alice", "password": PASSWORD}
+    async with running(create_app(settings)) as client:
+        successes = [
+            (await client.post("/auth/token", data=form, headers=office)).status_code
+            for _ in range(6)
+        ]
+        failures = [
+            (await wrong_password(client, "alice", f"203.0.113.{i}")).status_code for i in range(4)
+        ]
+        fresh_address = {"X-Forwarded-For": "192.0.2.77"}
+        owner = await client.post("/auth/token", data=form, headers=fresh_address)
+    assert successes == [200] * 6
+    assert failures == [401, 401, 401, 429]
+    assert owner.status_code == 429
+
+
+async def test_a_refused_attempt_never_reaches_the_password_check(
+    limited: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is decided before any hashing, also for attempts at the same moment: of ten
+    at once at 3/minute, three are checked (and fail), seven are refused unchecked, and the
+    right password gets 429 without a check."""
+    settings = limited(login_rate_limit="3/minute", redis_timeout_seconds=5)
+    add_user(settings, "alice")
+    app = create_app(settings)
+    checker: PasswordChecker = app.state.password_checker
+    check = checker.check
+    checked: list[str | None] = []
+
+    async def counting_check(stored_hash: str | None, password: str) -> bool:
+        checked.append(stored_hash)
+        return await check(stored_hash, password)
+
+    monkeypatch.setattr(checker, "check", counting_check)
+    async with running(app) as client:
+        responses = await asyncio.gather(*(wrong_password(client, "alice") for _ in range(10)))
+        right_password = await client.post(
+            "/auth/token", data={"username": "alice", "password": PASSWORD}
+        )
+    assert Counter(response.status_code for response in responses) == {401: 3, 429: 7}
+    assert right_password.status_code == 429
+    assert len(checked) == 3
+
+
 async def test_rate_limit_keys_expire_once_they_stop_limiting(
     limited: MakeSettings, redis: Redis
 ) -> None:
+    """A failed login leaves buckets that expire; a success gives its attempt back, and a bucket
+    that it empties is deleted (bob's account); every key left has a TTL within the period."""
     settings = limited(rate_limit="10/minute", login_rate_limit="6/minute")
     add_user(settings, "alice")
+    add_user(settings, "bob")
     async with running(create_app(settings)) as client:
+        assert (await wrong_password(client, "alice")).status_code == 401
         token = (await login(client, "alice"))["access_token"]
+        await login(client, "bob")
         for _ in range(3):
             await me(client, token)
     buckets = [
@@ -220,7 +317,8 @@ async def test_rate_limit_keys_expire_once_they_stop_limiting(
         for key in redis.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)
         if ":rl" in key or "{login}" in key
     ]
-    assert len(buckets) == 3  # alice's bucket; the login buckets of the client and the account
+    # alice's bucket; the login buckets of the client and of alice's account (one failure each)
+    assert len(buckets) == 3, buckets
     for key in buckets:
         ttl_ms = redis.pttl(key)
         assert 0 < ttl_ms <= 60_000, (key, ttl_ms)  # never longer than the period

@@ -9,6 +9,11 @@ tag, so one script takes from both atomically (on Redis Cluster they live on one
 traffic is small next to authenticated traffic). Public-route buckets are
 `p:{client:<address>}:<policy>`. Every key expires as soon as it no longer limits.
 
+A login attempt is taken from both buckets before the password is checked, so a refused attempt
+costs no hashing and attempts running at the same time can never exceed the limit. A successful
+login then gives its attempt back (`login_succeeded`): only failed attempts use up the budget,
+so many users behind one address (an office's NAT) can all log in.
+
 With `APP_RATE_LIMIT_FAIL_OPEN=true` these limiters let requests through when Redis does not
 answer, instead of failing them with 503. That keeps public routes up during a Redis outage, at
 the price of no limit while it lasts; logins still fail then, because sessions need Redis.
@@ -53,22 +58,33 @@ class Limiter:
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open
         self._take = scripts.register(redis, "limit.lua", with_gcra=True)
+        self._give_back = scripts.register(redis, "refund.lua", with_gcra=True)
 
     async def login_attempt(self, client: str, username: str) -> Decision:
         """Take one attempt from the client's and the account's buckets (both, or neither)."""
-        # The account is keyed by a digest: attempted names are attacker-chosen text.
-        account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        keys = [f"{self._login_prefix}:client:{client}", f"{self._login_prefix}:account:{account}"]
-        return await self._take_or_fail_open(keys, self._login_rate)
+        keys = self._login_keys(client, username)
+        return await self._run_or_fail_open(self._take, keys, self._login_rate)
+
+    async def login_succeeded(self, client: str, username: str) -> Decision:
+        """Give the attempt taken by `login_attempt` back to both buckets, in one call."""
+        keys = self._login_keys(client, username)
+        return await self._run_or_fail_open(self._give_back, keys, self._login_rate)
 
     async def client_request(self, client: str, rate: Rate, policy: str) -> Decision:
         """Take one request from the client's bucket for `policy`."""
         key = f"{self._prefix}:{hash_tag('client:' + client)}:{policy}"
-        return await self._take_or_fail_open([key], rate)
+        return await self._run_or_fail_open(self._take, [key], rate)
 
-    async def _take_or_fail_open(self, keys: list[str], rate: Rate) -> Decision:
+    def _login_keys(self, client: str, username: str) -> list[str]:
+        # The account is keyed by a digest: attempted names are attacker-chosen text.
+        account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+        return [f"{self._login_prefix}:client:{client}", f"{self._login_prefix}:account:{account}"]
+
+    async def _run_or_fail_open(
+        self, script: scripts.RunScript, keys: list[str], rate: Rate
+    ) -> Decision:
         try:
-            reply = await self._take(keys=keys, args=list(rate.script_args()))
+            reply = await script(keys=keys, args=list(rate.script_args()))
         except (RedisError, OSError, TimeoutError) as error:
             if not self._fail_open:
                 raise

@@ -51,17 +51,21 @@ async def login(
 ) -> TokenPair:
     """OAuth2 password flow: a user name and password for an access and a refresh token.
 
-    Attempts are limited per client address and per account (`APP_LOGIN_RATE_LIMIT`) before any
-    password is checked. An unknown user and a wrong password take the same path, the same time
-    and the same 401.
+    Each attempt is taken from the client address's and the account's budgets
+    (`APP_LOGIN_RATE_LIMIT`) before any password is checked, and given back when the password is
+    right: only failed attempts use the budgets up. An unknown user and a wrong password take the
+    same path, the same time and the same 401.
     """
     state = request.app.state
-    decision = await state.limiter.login_attempt(client_of(request), username)
-    enforce(decision, state.settings.login_rate_limit, LOGIN_POLICY, response)
+    client, rate = client_of(request), state.settings.login_rate_limit
+    decision = await state.limiter.login_attempt(client, username)
+    enforce(decision, rate, LOGIN_POLICY, response)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
     if not await state.password_checker.check(password_hash, password) or user is None:
         raise errors.login_failed()
+    refunded = await state.limiter.login_succeeded(client, username)
+    response.headers.update(refunded.headers(rate, LOGIN_POLICY))
     session = await state.sessions.create(user.name, user.scopes)
     return token_pair(request, session)
 
