@@ -56,10 +56,12 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def start_service(environment: dict[str, str], cwd: Path) -> Service:
+def start_service(environment: dict[str, str], cwd: Path, *options: str) -> Service:
+    """`serve` on a free port, with `options` (e.g. "--workers", "2"); output to one pipe."""
     port = free_port()
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
+        [*command, *options],
         env=environment,
         cwd=cwd,
         stdout=subprocess.PIPE,
