@@ -65,7 +65,7 @@ class RedisOutage:
             return
         logger.warning("Redis unavailable (%s): outage started", type(error).__name__)
         self._started = time.monotonic()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
