@@ -56,13 +56,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def start_service(environment: dict[str, str], cwd: Path, output: IO[str] | None = None) -> Service:
-    """Start `serve` on a free port. Its output goes to `output`, or to a pipe read at the end:
-    a test making many requests must pass a file, or the access log fills the pipe and the
-    service stops."""
+def start_service(
+    environment: dict[str, str], cwd: Path, *options: str, output: IO[str] | None = None
+) -> Service:
+    """`serve` on a free port, with `options` (e.g. "--workers", "2"). Its output goes to
+    `output`, or to a pipe read at the end: a test making many requests must pass a file, or
+    the access log fills the pipe and the service stops."""
     port = free_port()
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
+        [*command, *options],
         env=environment,
         cwd=cwd,
         stdout=subprocess.PIPE if output is None else output,

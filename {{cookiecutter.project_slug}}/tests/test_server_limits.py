@@ -35,7 +35,7 @@ def served(
     folder = tmp_path_factory.mktemp("server-limits")
     settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
     log = (folder / "service.log").open("w")  # many requests: a pipe would fill up
-    service = start_service(environment_for(settings, redis_url, key_files), folder, log)
+    service = start_service(environment_for(settings, redis_url, key_files), folder, output=log)
     try:
         wait_until_ready(service)
         port = urlsplit(service.url).port

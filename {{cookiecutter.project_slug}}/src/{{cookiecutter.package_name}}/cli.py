@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
+from .logs import log_config
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=log_config(),  # one format; request lines without query strings
     )
     return 0
 

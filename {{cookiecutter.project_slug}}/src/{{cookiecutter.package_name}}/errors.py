@@ -6,7 +6,6 @@ requests would keep the last request's traceback (and with it its frames and dat
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 
 from fastapi import FastAPI, HTTPException, Request
@@ -66,12 +65,8 @@ def service_unavailable() -> JSONResponse:
     )
 
 
-logger = logging.getLogger(__name__)
-
-
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    # The class name only: Redis error texts can hold key names, and key names hold user names.
-    logger.warning("Redis unavailable (%s): answered 503", type(exc).__name__)
+    request.app.state.outage.failed(exc)  # logged once per outage, not once per request
     return service_unavailable()
 
 

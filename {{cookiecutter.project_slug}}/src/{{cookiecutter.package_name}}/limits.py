@@ -22,7 +22,6 @@ the price of no limit while it lasts; logins still fail then, because sessions n
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -33,14 +32,13 @@ from . import errors, scripts
 from .auth.sessions import hash_tag
 from .multiplex import MultiplexedRedis
 from .network import client_address
+from .outage import RedisOutage
 from .ratelimit import Decision, Rate
 from .redis import RedisClient
 from .settings import Settings
 
 LOGIN_POLICY = "login"
 POLICY_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")  # a policy name is part of keys and headers
-
-logger = logging.getLogger(__name__)
 
 
 def check_policy_name(policy: str) -> str:
@@ -52,13 +50,16 @@ def check_policy_name(policy: str) -> str:
 class Limiter:
     """Per-client and per-account buckets in Redis, one script call per check."""
 
-    def __init__(self, redis: RedisClient | MultiplexedRedis, settings: Settings) -> None:
+    def __init__(
+        self, redis: RedisClient | MultiplexedRedis, settings: Settings, outage: RedisOutage
+    ) -> None:
         self._prefix = settings.redis_key_prefix
         self._login_prefix = f"{settings.redis_key_prefix}:{hash_tag(LOGIN_POLICY)}"
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open
         self._take = scripts.register(redis, "limit.lua", with_gcra=True)
         self._give_back = scripts.register(redis, "refund.lua", with_gcra=True)
+        self._outage = outage
 
     async def login_attempt(self, client: str, username: str) -> Decision:
         """Take one attempt from the client's and the account's buckets (both, or neither)."""
@@ -88,7 +89,7 @@ class Limiter:
         except (RedisError, OSError, TimeoutError) as error:
             if not self._fail_open:
                 raise
-            logger.warning("rate limiter skipped, Redis unavailable: %s", type(error).__name__)
+            self._outage.skipped(error)  # logged once per outage, not once per check
             return Decision(allowed=True, remaining=rate.limit, retry_after_us=0, reset_us=0)
         return Decision.from_script(*reply)
 

@@ -15,6 +15,7 @@ from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
 from .limits import Limiter
+from .outage import RedisOutage
 from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 
@@ -34,12 +35,15 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
         per_request = create_per_request_client(settings)  # None on Redis Cluster
+        outage = RedisOutage(redis, settings.redis_timeout_seconds)
         app.state.redis = redis
+        app.state.outage = outage
         app.state.sessions = SessionStore(redis, settings, per_request)
-        app.state.limiter = Limiter(per_request or redis, settings)
+        app.state.limiter = Limiter(per_request or redis, settings, outage)
         try:
             yield
         finally:
+            await outage.close()
             if per_request is not None:
                 await per_request.aclose()
             await close_redis(redis)
