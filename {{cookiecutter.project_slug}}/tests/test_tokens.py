@@ -272,6 +272,15 @@ CASES: list[Any] = [
         id="typ of another token kind",
     ),
     pytest.param(token_case(lambda forge: forge.token(header=forge.header(typ=...))), id="no typ"),
+    # Signed with the service's own key: a critical extension we do not understand is enough.
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(crit=["exp"]))), id="crit exp"
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(crit=["x-ext"], **{"x-ext": 1}))),
+        id="crit extension",
+    ),
+    pytest.param(token_case(lambda forge: forge.token(header=forge.header(crit=[]))), id="crit []"),
     pytest.param(
         token_case(
             lambda forge: forge.attacker_token(jwk=public_jwk(forge.attacker_key, ALGORITHM))

@@ -2,8 +2,8 @@
 
 A token carries exactly `iss aud sub sid jti iat exp scope` and the header `typ: at+jwt`
 (RFC 9068). Verification follows RFC 8725: one key and one algorithm from configuration (the
-token's header never chooses either), `iss`/`aud`/`exp`/`iat` required, explicit typing, and
-every failure reported the same way.
+token's header never chooses either), `iss`/`aud`/`exp`/`iat` required, explicit typing, no
+critical header extensions, and every failure reported the same way.
 """
 
 from __future__ import annotations
@@ -134,6 +134,10 @@ class TokenVerifier:
     def _principal_from(self, header: Any, claims: Any, now: float) -> Principal | None:
         """RFC 8725 and RFC 9068 rules for an access token this service issued itself."""
         if not isinstance(header, dict) or header.get("typ") != ACCESS_TOKEN_TYPE:
+            return None
+        # `crit` lists extensions the recipient must understand or reject the token (RFC 7515,
+        # section 4.1.11). This service understands none, and python-jose does not check it.
+        if "crit" in header:
             return None
         if not isinstance(claims, dict) or not self._names_us(claims):
             return None
