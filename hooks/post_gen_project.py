@@ -26,7 +26,7 @@ PRIVATE_KEY_FILE = f"{KEY_DIR}/jwt-private.pem"
 PUBLIC_KEY_FILE = f"{KEY_DIR}/jwt-public.pem"
 RSA_KEY_BITS = 3072
 SECRET_BYTES = 48  # HS256 needs at least 32 (the hash size, RFC 7518 section 3.2)
-PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"  # settings.py refuses it in production
+PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"  # settings.py refuses it everywhere
 
 
 class HookError(RuntimeError):

@@ -52,6 +52,9 @@ def test_compose_runs_the_app_after_a_healthy_password_protected_redis(project: 
     assert app["environment"]["APP_REDIS_URL"] == f"redis://:{password}@redis:6379/0"
     assert app["environment"]["APP_HOST"] == "0.0.0.0"  # inside the container only
     assert app["environment"]["APP_USERS_FILE"].startswith("/data/")
+    # .env says development (for `make run`); the container runs with production's checks.
+    assert dotenv(project)["APP_ENVIRONMENT"] == "development"
+    assert app["environment"]["APP_ENVIRONMENT"] == "production"
 
     assert redis["command"][:3] == ["redis-server", "--requirepass", password]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]

@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.ratelimit import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 STRONG_SECRET = "q7Vt0cPz4nRk2mWb9sXe6yHa1uLj5fGd8oTi3vBn0Kw"
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 Build = Callable[..., Settings]
@@ -120,11 +121,11 @@ def test_a_secret_is_required(build: Build) -> None:
     ("secret", "message"),
     [
         ("short-but-random-Zx81", "shorter than 32 bytes"),
-        ("change-me-to-a-long-random-secret-value-please", "placeholder"),
+        ("my-own-secret-for-this-laptop-Zx81-q7Vt0cPz", "looks like a placeholder"),
     ],
 )
 def test_production_refuses_weak_secrets(build: Build, secret: str, message: str) -> None:
-    """Production refuses a short or placeholder secret; development allows it."""
+    """Production refuses a short or hand-written secret; development allows it."""
     with pytest.raises(ValidationError, match=message):
         build(environment="production", jwt_secret=secret)
     assert build(environment="development", jwt_secret=secret).environment == "development"
@@ -165,6 +166,24 @@ def test_a_key_path_that_cannot_be_opened_is_one_line(build: Build, tmp_path: Pa
         f"error: APP_JWT_PUBLIC_KEY_FILE: cannot read {tmp_path}: Is a directory "
         f"(this process runs as uid {os.getuid()})"
     ]
+{%- endif %}
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+def test_the_placeholders_of_env_example_are_refused_in_every_environment(
+    build: Build, environment: str
+) -> None:
+    """`.env.example` ships with every copy of the project: a service started with its values
+    would accept tokens anyone can sign, or talk to a Redis anyone can log in to."""
+    lines = (PROJECT / ".env.example").read_text().splitlines()
+    example = dict(line.split("=", 1) for line in lines if "=" in line and line[0] != "#")
+    password = example["REDIS_PASSWORD"]
+    # The URL compose.yaml builds from REDIS_PASSWORD.
+    with pytest.raises(ValidationError, match="APP_REDIS_URL: its password is a placeholder"):
+        build(environment=environment, redis_url=f"redis://:{password}@redis:6379/0")
+{%- if cookiecutter.jwt_algorithm.startswith("HS") %}
+    with pytest.raises(ValidationError, match="APP_JWT_SECRET is a placeholder"):
+        build(environment=environment, jwt_secret=example["APP_JWT_SECRET"])
 {%- endif %}
 
 

@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,7 +19,11 @@ from .network import IPNetwork
 from .ratelimit import Rate
 
 MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
-PLACEHOLDER_MARKERS = ("change-me", "changeme", "secret", "placeholder", "example")
+# The words of `.env.example`'s values: published with every copy of this project, so anyone
+# could sign tokens or talk to Redis with them. Refused in every environment.
+PLACEHOLDERS = ("change-me", "changeme", "placeholder")
+# What else makes a production secret look hand-written rather than random.
+WEAK_MARKERS = ("secret", "example")
 
 
 class Settings(BaseSettings):
@@ -79,6 +84,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:
+        if is_placeholder(redis_password(self.redis_url)):
+            raise ValueError(
+                "APP_REDIS_URL: its password is a placeholder from .env.example; use a random one "
+                "(with compose: REDIS_PASSWORD in .env)"
+            )
         if self.jwt_algorithm.startswith("HS"):
             self._check_secret()
         else:
@@ -97,15 +107,20 @@ class Settings(BaseSettings):
                 f"APP_JWT_SECRET is required for {self.jwt_algorithm}; generate one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
+        secret = self.jwt_secret.get_secret_value()
+        if is_placeholder(secret):
+            raise ValueError(
+                "APP_JWT_SECRET is a placeholder from .env.example; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         if self.environment != "production":
             return
-        secret = self.jwt_secret.get_secret_value()
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(
                 f"APP_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
                 "production needs a long random secret"
             )
-        if any(marker in secret.lower() for marker in PLACEHOLDER_MARKERS):
+        if any(marker in secret.lower() for marker in WEAK_MARKERS):
             raise ValueError("APP_JWT_SECRET looks like a placeholder; production needs a real one")
 
     def _check_key_files(self) -> None:
@@ -121,6 +136,19 @@ class Settings(BaseSettings):
             except OSError as error:
                 problem = f"{name}: cannot read {path}: {error.strerror}{_as_whom()}"
                 raise ValueError(problem) from None
+
+
+def is_placeholder(value: str | None) -> bool:
+    return value is not None and any(word in value.lower() for word in PLACEHOLDERS)
+
+
+def redis_password(url: str) -> str | None:
+    """The password in a Redis URL, if it has one (a malformed URL is redis-py's to report)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return None if password is None else unquote(password)
 
 
 def _as_whom() -> str:
