@@ -14,6 +14,7 @@ from {{ cookiecutter.package_name }}.auth.dependencies import require_scopes
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.auth.users import FileUserStore, User
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.ratelimit import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import running
@@ -176,6 +177,33 @@ async def test_refresh_refuses_bad_refresh_tokens(
 ) -> None:
     """A malformed or unknown refresh token is a plain 401, never a 5xx."""
     assert_invalid_token(await refresh(client, refresh_token))
+
+
+async def test_token_answers_are_never_stored(redis_url: str, settings: Settings) -> None:
+    """Every answer of the token routes, errors included, says no-store (RFC 6749, section 5.1):
+    a shared cache must not keep a token pair, nor an answer about one."""
+    add_user(settings, "alice")
+    limited = create_app(settings.model_copy(update={"login_rate_limit": Rate(3, 60)}))
+    form = {"username": "alice", "password": PASSWORD}
+    json_body = {"Content-Type": "application/json"}
+    async with running(limited) as client:
+        pair = await login(client, "alice")
+        answers = {
+            "token 200": await client.post("/auth/token", data=form),
+            "token 401": await client.post("/auth/token", data={**form, "password": "wrong"}),
+            "token 422": await client.post("/auth/token", data={"username": "alice"}),
+            "token 429": await client.post("/auth/token", data=form),
+            "refresh 200": await refresh(client, pair["refresh_token"]),
+            "refresh 401": await refresh(client, "made-up"),
+            "refresh 422": await client.post("/auth/refresh", json={"refresh": "x"}),
+            "refresh 400": await client.post(
+                "/auth/refresh", content=b'{"refresh_token": "\xff"}', headers=json_body
+            ),
+        }
+    for name, answer in answers.items():
+        assert str(answer.status_code) == name.split()[1], (name, answer.text)
+        assert answer.headers.get("Cache-Control") == "no-store", name
+        assert answer.headers.get("Pragma") == "no-cache", name
 
 
 async def test_logout_ends_this_session_only(client: httpx.AsyncClient, settings: Settings) -> None:

@@ -64,10 +64,15 @@ async def test_redis_faults_give_prompt_503s_and_the_service_recovers(
     add_user(settings, "alice")
     start_fault, end_fault = FAULTS[fault]
     async with running(create_app(settings)) as client:
-        token = (await login(client, "alice"))["access_token"]
+        pair = await login(client, "alice")
+        token = pair["access_token"]
         start_fault(redis_server)
         try:
             during = await probe_all(client, token)
+            token_routes = [
+                await client.post("/auth/token", data={"username": "alice", "password": PASSWORD}),
+                await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]}),
+            ]
         finally:
             end_fault(redis_server)
         after = await probe_all(client, token)
@@ -84,6 +89,10 @@ async def test_redis_faults_give_prompt_503s_and_the_service_recovers(
         else:
             assert (status, retry_after) == (503, "1"), (name, during)
         assert seconds < NO_HANG_SECONDS, (name, during)
+    for answer in token_routes:  # a token route's 503 is not to be stored either
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["Pragma"] == "no-cache"
 
     # Back by itself: the pool reconnects and the scripts are loaded again where needed.
     after.pop("GET /me")  # depends on whether the session survived: checked below

@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+# On every error answer and on every answer of the token routes: nothing a cache should keep
+# (RFC 6749, section 5.1, asks it of token responses, errors included).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def not_authenticated() -> HTTPException:
@@ -61,7 +66,7 @@ def service_unavailable() -> JSONResponse:
     return JSONResponse(
         status_code=503,
         content={"detail": "Service temporarily unavailable"},
-        headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS), **NO_STORE},
     )
 
 
@@ -70,7 +75,19 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return service_unavailable()
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own answer to an HTTPException (401, 403, 429, and its 400, 404, 405), marked
+    not to be stored."""
+    if not isinstance(exc, StarletteHTTPException):  # registered for that class only
+        raise exc
+    response = await http_exception_handler(request, exc)
+    response.headers.update(NO_STORE)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Map Redis failures (down, too slow, out of memory, read-only, failing over) to 503."""
+    """Mark every HTTP error no-store, and map Redis failures (down, too slow, out of memory,
+    read-only, failing over) to 503."""
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     for error in (RedisError, TimeoutError):
         app.add_exception_handler(error, _redis_unavailable)

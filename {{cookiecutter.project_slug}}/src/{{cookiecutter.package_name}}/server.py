@@ -164,7 +164,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head += [
             b"content-type: text/plain; charset=utf-8\r\n",
             b"content-length: %d\r\n" % len(body),
-            b"cache-control: no-store\r\n",
+            b"cache-control: no-store\r\npragma: no-cache\r\n",
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)

@@ -33,7 +33,9 @@ class RefreshRequest(BaseModel):
     refresh_token: str = Field(max_length=MAX_TOKEN_BYTES)
 
 
-def token_pair(request: Request, session: Session) -> TokenPair:
+def token_pair(request: Request, session: Session, response: Response) -> TokenPair:
+    """The answer of a successful login or refresh; no cache may keep it (RFC 6749, 5.1)."""
+    response.headers.update(errors.NO_STORE)
     access = request.app.state.token_issuer.issue(session.sub, session.sid, session.scopes)
     return TokenPair(
         access_token=access.token,
@@ -67,11 +69,11 @@ async def login(
     refunded = await state.limiter.login_succeeded(client, username)
     response.headers.update(refunded.headers(rate, LOGIN_POLICY))
     session = await state.sessions.create(user.name, user.scopes)
-    return token_pair(request, session)
+    return token_pair(request, session, response)
 
 
 @router.post("/refresh", responses=UNAUTHORIZED)
-async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
+async def refresh(request: Request, response: Response, body: RefreshRequest) -> TokenPair:
     """A new token pair for a refresh token, which is now spent: using it again ends the session.
 
     The user is looked up again: a user removed since login loses the session here, and the new
@@ -89,7 +91,7 @@ async def refresh(request: Request, body: RefreshRequest) -> TokenPair:
     session = await state.sessions.rotate_refresh(body.refresh_token)
     if session is None:
         raise errors.invalid_token()
-    return token_pair(request, replace(session, scopes=session.scopes & user.scopes))
+    return token_pair(request, replace(session, scopes=session.scopes & user.scopes), response)
 
 
 # These return None, not a Response, so the RateLimit headers set by the dependency are kept.
