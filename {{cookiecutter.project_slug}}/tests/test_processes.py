@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -56,13 +56,17 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def start_service(environment: dict[str, str], cwd: Path) -> Service:
+def start_service(
+    environment: dict[str, str], cwd: Path, output: IO[str] | int = subprocess.PIPE
+) -> Service:
+    """`serve` on a free port; its output goes to a pipe, or to `output` (a file for a process
+    that writes more than a pipe holds before anyone reads it)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)],
         env=environment,
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )

@@ -6,14 +6,87 @@ requests would keep the last request's traceback (and with it its frames and dat
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+# `extra="forbid"` documents each body as complete (`additionalProperties: false`).
+class Error(BaseModel):
+    """The body of every error answer except 422."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    """One reason a request was refused with 422: where, what, and pydantic's error type."""
+
+    model_config = ConfigDict(extra="forbid")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """The body of a 422. It never holds the submitted values."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: list[ValidationProblem]
+
+
+def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": schema_type}}
+
+
+_CHALLENGE = _header("RFC 6750 challenge")
+_RETRY_AFTER = _header("Seconds to wait before trying again", "integer")
+
+# What each error status looks like, for `responses()`. A new status gets a row here.
+_ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"model": Error, "description": "The body could not be parsed (e.g. not UTF-8)"},
+    401: {
+        "model": Error,
+        "description": "Missing, invalid or expired credentials",
+        "headers": {"WWW-Authenticate": _CHALLENGE},
+    },
+    403: {
+        "model": Error,
+        "description": "The token lacks a scope this route needs",
+        "headers": {"WWW-Authenticate": _CHALLENGE},
+    },
+    422: {"model": InvalidRequest, "description": "A parameter or body field is missing or bad"},
+    429: {
+        "model": Error,
+        "description": "Rate limit reached",
+        "headers": {
+            "Retry-After": _RETRY_AFTER,
+            "RateLimit": _header("Remaining quota and seconds to reset (IETF draft)"),
+            "RateLimit-Policy": _header("The limit that applies (IETF draft)"),
+        },
+    },
+    503: {
+        "model": Error,
+        "description": "Redis did not answer in time; retry shortly",
+        "headers": {"Retry-After": _RETRY_AFTER},
+    },
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries, body and headers, for the error statuses a route can answer:
+    `@router.get("/things", responses=errors.responses(401, 429, 503))`."""
+    return {status: copy.deepcopy(_ERROR_RESPONSES[status]) for status in statuses}
 
 
 def not_authenticated() -> HTTPException:
@@ -69,6 +142,26 @@ def service_unavailable() -> JSONResponse:
 logger = logging.getLogger(__name__)
 
 
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """422 naming each problem by location, message and type only.
+
+    FastAPI's own answer copies pydantic's `input` (and `ctx`): the submitted values, tokens and
+    passwords included, and text that cannot even be encoded (a lone surrogate from a JSON
+    `\\ud800`), which turned a bad request into a 500 whose traceback printed the body.
+    Nothing here is logged, and ASCII-only JSON always encodes.
+    """
+    problems = [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error["loc"]],
+            "msg": str(error["msg"]),
+            "type": str(error["type"]),
+        }
+        for error in cast(RequestValidationError, exc).errors()  # registered for it alone
+    ]
+    body = json.dumps({"detail": problems}, ensure_ascii=True, separators=(",", ":"))
+    return Response(body, status_code=422, media_type="application/json")
+
+
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     # The class name only: Redis error texts can hold key names, and key names hold user names.
     logger.warning("Redis unavailable (%s): answered 503", type(exc).__name__)
@@ -76,6 +169,8 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map Redis failures (down, too slow, out of memory, read-only, failing over) to 503."""
+    """Invalid requests get a 422 that echoes nothing; Redis failures (down, too slow, out of
+    memory, read-only, failing over) get a 503."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for error in (RedisError, TimeoutError):
         app.add_exception_handler(error, _redis_unavailable)
