@@ -45,8 +45,9 @@ def token_pair(request: Request, session: Session) -> TokenPair:
 async def login(
     request: Request,
     response: Response,
-    username: Annotated[str, Form(max_length=MAX_USERNAME_INPUT)],
-    password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
+    # FastAPI reads an empty form field as a missing one (422); min_length=1 documents that.
+    username: Annotated[str, Form(min_length=1, max_length=MAX_USERNAME_INPUT)],
+    password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD_LENGTH)],
 ) -> TokenPair:
     """OAuth2 password flow: a user name and password for an access and a refresh token.
 
