@@ -85,7 +85,8 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries, body and headers, for the error statuses a route can answer:
-    `@router.get("/things", responses=errors.responses(401, 429, 503))`."""
+    `@router.get("/things", responses=errors.responses(401, 429, 503))`. Each call returns its
+    own copy, so a route may change a description without changing every route's."""
     return {status: copy.deepcopy(_ERROR_RESPONSES[status]) for status in statuses}
 
 
