@@ -6,6 +6,7 @@ the limits live in the server's protocol (`server.py`), below FastAPI and below 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Iterator
@@ -96,7 +97,9 @@ def test_one_byte_more_is_refused_with_431(
     pieces = in_pieces(request, piece_size) if piece_size else [request]
     answer = exchange(served[1], *pieces)
     assert statuses(answer) == [431], answer[:200]
-    assert b"connection: close" in answer.lower()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert {b"connection: close", b"cache-control: no-store"} <= set(head.lower().split(b"\r\n"))
+    assert json.loads(body) == {"detail": "Request Header Fields Too Large"}
 
 
 def test_many_small_pipelined_requests_are_all_answered(served: tuple[Service, int]) -> None:
@@ -139,7 +142,9 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(
 ) -> None:
     """The answer comes after the headers alone: the server never waits for the body."""
     head = post_refresh(f"Content-Length: {MAX_BODY_BYTES + 1}\r\n")
-    assert statuses(exchange(served[1], head)) == [413]
+    answer = exchange(served[1], head)
+    assert statuses(answer) == [413]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"detail": "Content Too Large"}
 
 
 def test_a_chunked_body_growing_over_the_limit_is_refused(served: tuple[Service, int]) -> None:

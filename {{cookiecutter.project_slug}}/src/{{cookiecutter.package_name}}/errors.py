@@ -6,11 +6,16 @@ requests would keep the last request's traceback (and with it its frames and dat
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,6 +23,77 @@ SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 # On every error answer and on every answer of the token routes: nothing a cache should keep
 # (RFC 6749, section 5.1, asks it of token responses, errors included).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+# `extra="forbid"` documents each body as complete (`additionalProperties: false`).
+class Error(BaseModel):
+    """The body of every error answer except 422."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    """One reason a request was refused with 422: where, what, and pydantic's error type."""
+
+    model_config = ConfigDict(extra="forbid")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """The body of a 422. It never holds the submitted values."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: list[ValidationProblem]
+
+
+def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": schema_type}}
+
+
+_CHALLENGE = _header("RFC 6750 challenge")
+_RETRY_AFTER = _header("Seconds to wait before trying again", "integer")
+
+# What each error status looks like, for `responses()`. A new status gets a row here.
+_ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"model": Error, "description": "The body could not be parsed (e.g. not UTF-8)"},
+    401: {
+        "model": Error,
+        "description": "Missing, invalid or expired credentials",
+        "headers": {"WWW-Authenticate": _CHALLENGE},
+    },
+    403: {
+        "model": Error,
+        "description": "The token lacks a scope this route needs",
+        "headers": {"WWW-Authenticate": _CHALLENGE},
+    },
+    # Answered by the server before the app sees the request (see server.py).
+    413: {"model": Error, "description": "The body is over 64 KiB"},
+    422: {"model": InvalidRequest, "description": "A parameter or body field is missing or bad"},
+    429: {
+        "model": Error,
+        "description": "Rate limit reached",
+        "headers": {
+            "Retry-After": _RETRY_AFTER,
+            "RateLimit": _header("Remaining quota and seconds to reset (IETF draft)"),
+            "RateLimit-Policy": _header("The limit that applies (IETF draft)"),
+        },
+    },
+    503: {
+        "model": Error,
+        "description": "Redis did not answer in time; retry shortly",
+        "headers": {"Retry-After": _RETRY_AFTER},
+    },
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries, body and headers, for the error statuses a route can answer:
+    `@router.get("/things", responses=errors.responses(401, 429, 503))`. Each call returns its
+    own copy, so a route may change a description without changing every route's."""
+    return {status: copy.deepcopy(_ERROR_RESPONSES[status]) for status in statuses}
 
 
 def not_authenticated() -> HTTPException:
@@ -70,6 +146,28 @@ def service_unavailable() -> JSONResponse:
     )
 
 
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """422 naming each problem by location, message and type only.
+
+    FastAPI's own answer copies pydantic's `input` (and `ctx`): the submitted values, tokens and
+    passwords included, and text that cannot even be encoded (a lone surrogate from a JSON
+    `\\ud800`), which turned a bad request into a 500 whose traceback printed the body.
+    Nothing here is logged, and ASCII-only JSON always encodes.
+    """
+    if not isinstance(exc, RequestValidationError):  # registered for that class only
+        raise exc
+    problems = [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error["loc"]],
+            "msg": str(error["msg"]),
+            "type": str(error["type"]),
+        }
+        for error in exc.errors()
+    ]
+    body = json.dumps({"detail": problems}, ensure_ascii=True, separators=(",", ":"))
+    return Response(body, status_code=422, media_type="application/json", headers=NO_STORE)
+
+
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     request.app.state.outage.failed(exc)  # logged once per outage, not once per request
     return service_unavailable()
@@ -86,8 +184,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Mark every HTTP error no-store, and map Redis failures (down, too slow, out of memory,
-    read-only, failing over) to 503."""
+    """Mark every HTTP error no-store; invalid requests get a 422 that echoes nothing; Redis
+    failures (down, too slow, out of memory, read-only, failing over) get a 503."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for error in (RedisError, TimeoutError):
         app.add_exception_handler(error, _redis_unavailable)

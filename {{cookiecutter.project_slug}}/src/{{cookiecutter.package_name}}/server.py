@@ -11,7 +11,8 @@ below, which `serve` hands to uvicorn, refuses instead:
   is called; a chunked body that grows past it: 413 (or, once the app has begun its answer, the
   connection is simply closed).
 
-The connection is closed after either, and nothing is logged: a refusal costs the server no more
+Both answers have the body every error of the service has, `{"detail": ...}`. The connection
+is closed after either, and nothing is logged: a refusal costs the server no more
 than the bytes it read, and a flood of them must not turn into a flood of log lines.
 
 Raise `MAX_BODY_BYTES` if you add routes that take uploads (and `client_max_body_size` in
@@ -32,6 +33,11 @@ from uvicorn.server import ServerState
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 
+# RFC 9110's names (Python's own phrase for 413 changed between versions).
+REASONS = {
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: b"Content Too Large",
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: b"Request Header Fields Too Large",
+}
 BEGUN = -1  # a header block began during the bytes being fed; its size is not known yet
 
 
@@ -157,12 +163,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _write_refusal(self, status: HTTPStatus) -> None:
-        body = f"{status.phrase}\n".encode()
-        head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
+        reason = REASONS[status]
+        body = b'{"detail":"%s"}' % reason
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         defaults = self.server_state.default_headers  # date (and server, when enabled)
         head += [name + b": " + value + b"\r\n" for name, value in defaults]
         head += [
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
             b"cache-control: no-store\r\npragma: no-cache\r\n",
             b"connection: close\r\n\r\n",

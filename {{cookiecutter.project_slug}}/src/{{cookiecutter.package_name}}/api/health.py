@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..errors import service_unavailable
+from .. import errors
 from ..redis import is_ready
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -17,10 +17,10 @@ async def live() -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/ready", responses={503: {"description": "Redis did not answer in time"}})
+@router.get("/ready", responses=errors.responses(503))
 async def ready(request: Request) -> Response:
     """Ready to serve: Redis answers PING within the configured timeout."""
     state = request.app.state
     if await is_ready(state.redis, state.settings.redis_timeout_seconds):
         return JSONResponse({"status": "ok"})
-    return service_unavailable()
+    return errors.service_unavailable()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from ..auth.dependencies import CurrentPrincipal
+from ..auth.dependencies import AUTHENTICATED, CurrentPrincipal
 
 router = APIRouter(tags=["example"])
 
@@ -15,7 +15,7 @@ class Me(BaseModel):
     scopes: list[str]
 
 
-@router.get("/me", responses={401: {"description": "Missing, invalid or revoked token"}})
+@router.get("/me", responses=AUTHENTICATED)
 async def me(principal: CurrentPrincipal) -> Me:
     """Who the token says the caller is, and what it may do."""
     return Me(sub=principal.sub, scopes=sorted(principal.scopes))

@@ -89,6 +89,9 @@ def limited_principal(rate: Rate, policy: str) -> Authenticated:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+# The errors a route with `CurrentPrincipal` can answer, for its `responses=` (OpenAPI); a route
+# with `require_scopes` adds 403: `responses=errors.responses(401, 403, 429, 503)`.
+AUTHENTICATED = errors.responses(401, 429, 503)
 
 
 def require_scopes(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:

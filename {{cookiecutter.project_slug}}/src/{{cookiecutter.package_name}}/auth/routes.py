@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import errors
 from ..limits import LOGIN_POLICY, client_of, enforce
-from .dependencies import CurrentPrincipal
+from .dependencies import AUTHENTICATED, CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
 from .sessions import Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
@@ -19,7 +19,6 @@ from .users import USERNAME_PATTERN
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 MAX_USERNAME_INPUT = 256  # longer than any valid name, so a too-long one is "unknown", not 422
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "Bad credentials or token"}}
 
 
 class TokenPair(BaseModel):
@@ -44,12 +43,13 @@ def token_pair(request: Request, session: Session, response: Response) -> TokenP
     )
 
 
-@router.post("/token", responses=UNAUTHORIZED)
+@router.post("/token", responses=errors.responses(400, 401, 413, 422, 429, 503))
 async def login(
     request: Request,
     response: Response,
-    username: Annotated[str, Form(max_length=MAX_USERNAME_INPUT)],
-    password: Annotated[str, Form(max_length=MAX_PASSWORD_LENGTH)],
+    # FastAPI reads an empty form field as a missing one (422); min_length=1 documents that.
+    username: Annotated[str, Form(min_length=1, max_length=MAX_USERNAME_INPUT)],
+    password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD_LENGTH)],
 ) -> TokenPair:
     """OAuth2 password flow: a user name and password for an access and a refresh token.
 
@@ -72,7 +72,7 @@ async def login(
     return token_pair(request, session, response)
 
 
-@router.post("/refresh", responses=UNAUTHORIZED)
+@router.post("/refresh", responses=errors.responses(400, 401, 413, 422, 503))
 async def refresh(request: Request, response: Response, body: RefreshRequest) -> TokenPair:
     """A new token pair for a refresh token, which is now spent: using it again ends the session.
 
@@ -95,13 +95,13 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
 
 
 # These return None, not a Response, so the RateLimit headers set by the dependency are kept.
-@router.post("/logout", status_code=204, response_class=Response, responses=UNAUTHORIZED)
+@router.post("/logout", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout(request: Request, principal: CurrentPrincipal) -> None:
     """End this session: its access and refresh tokens stop working on the next request."""
     await request.app.state.sessions.revoke(principal.sub, principal.sid)
 
 
-@router.post("/logout-all", status_code=204, response_class=Response, responses=UNAUTHORIZED)
+@router.post("/logout-all", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout_all(request: Request, principal: CurrentPrincipal) -> None:
     """End every session of this user, in every process, on the next request."""
     await request.app.state.sessions.revoke_all(principal.sub)
