@@ -183,7 +183,8 @@ async def test_token_answers_are_never_stored(redis_url: str, settings: Settings
     """Every answer of the token routes, errors included, says no-store (RFC 6749, section 5.1):
     a shared cache must not keep a token pair, nor an answer about one."""
     add_user(settings, "alice")
-    limited = create_app(settings.model_copy(update={"login_rate_limit": Rate(3, 60)}))
+    # One failure per minute: successes give their attempt back, the 401 below uses it up.
+    limited = create_app(settings.model_copy(update={"login_rate_limit": Rate(1, 60)}))
     form = {"username": "alice", "password": PASSWORD}
     json_body = {"Content-Type": "application/json"}
     async with running(limited) as client:

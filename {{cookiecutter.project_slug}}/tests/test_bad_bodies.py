@@ -43,7 +43,8 @@ def logged_service(
     """A ready `serve` process for `settings`, writing its output to a file."""
     log = folder / "service.log"
     with log.open("w") as output:
-        service = start_service(environment_for(settings, redis_url, key_files), folder, output=output)
+        environment = environment_for(settings, redis_url, key_files)
+        service = start_service(environment, folder, output=output)
     try:
         wait_until_ready(service)
         yield service, log
