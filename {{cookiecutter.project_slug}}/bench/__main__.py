@@ -2,6 +2,8 @@
 
     python -m bench                  # rounds of wrk against both routes, then a ratio table
     python -m bench --soak           # a long run over many tokens; RSS after warm-up and at the end
+    python -m bench --stock          # also the same app under stock uvicorn: what serve's
+                                     # header/body limits and log format cost per request
 
 It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
 throwaway redis-server; creates a user; gets many distinct access tokens (a few logins, then
@@ -27,9 +29,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from tests.keys import write_key_pair
@@ -42,6 +45,8 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
 PASSWORD = secrets.token_urlsafe(24)
 WRK_SCRIPT = Path(__file__).with_name("rotate_tokens.lua")
+ROUTES = ("/health/live", "/me")
+Tokens = tuple[list[str], Path]  # the tokens, and the file wrk reads them from
 UNLIMITED = "999999999/second"  # the limiter still runs on every request; it just never refuses
 
 
@@ -94,11 +99,21 @@ def redis_url() -> Iterator[str]:
         server.close()
 
 
-@contextmanager
-def service(
-    redis: str, workdir: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
-    port = free_port()
+# `--stock`: the same app under uvicorn's own protocol and logging configuration, i.e. without
+# what `serve` adds (the header and body limits of server.py, logs.py's format and filter).
+STOCK_SERVER = (
+    "import sys, uvicorn; uvicorn.run('{{ cookiecutter.package_name }}.cli:served_app', "
+    "factory=True, port=int(sys.argv[1]), http='httptools', proxy_headers=False, "
+    "server_header=False)"
+)
+SERVERS = {
+    "serve": ["-m", PACKAGE, "serve", "--port"],
+    "stock uvicorn": ["-c", STOCK_SERVER],
+}
+
+
+def service_environment(redis: str, workdir: Path) -> dict[str, str]:
+    """Settings every server of the run shares (so a token works on each), and one user."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
     env.update(
         APP_REDIS_URL=redis,
@@ -115,8 +130,17 @@ def service(
         [sys.executable, "-m", PACKAGE, "create-user", "bench", "--scopes", "read"],
         input=PASSWORD.encode(), env=env, cwd=workdir, check=True, capture_output=True,
     )  # fmt: skip
+    return env
+
+
+@contextmanager
+def service(
+    env: dict[str, str], workdir: Path, server: str = "serve"
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """One server process (one uvicorn worker) on a free port, until the block ends."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", PACKAGE, "serve", "--port", str(port)],
+        [sys.executable, *SERVERS[server], str(port)],
         env={**env, "PYTHONOPTIMIZE": "1"},
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -131,9 +155,9 @@ def service(
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("error: the service did not start") from None
+                    raise SystemExit(f"error: the {server} server did not start") from None
                 time.sleep(0.1)
-        yield process, base_url, env
+        yield process, base_url
     finally:
         process.terminate()
         process.wait(timeout=15)
@@ -243,45 +267,84 @@ def load(
     return asyncio.run(python_load(url, tokens, seconds, connections))
 
 
+def measure(
+    process: subprocess.Popen[bytes], url: str, tokens: Tokens, args: argparse.Namespace
+) -> Round:
+    """One round of load on one route of one server."""
+    cpu_before = cpu_seconds(process.pid)
+    total, rate, p50, p99 = load(url, *tokens, args.seconds, args.connections)
+    cpu_us = (cpu_seconds(process.pid) - cpu_before) * 1e6 / max(total, 1)
+    return Round(urlsplit(url).path, total, rate, p50, p99, rss_mib(process.pid), cpu_us)
+
+
 def benchmark(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="bench-") as folder, redis_url() as redis:
+    names = ["serve", "stock uvicorn"] if args.stock else ["serve"]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as folder,
+        redis_url() as redis,
+        ExitStack() as servers,
+    ):
         workdir = Path(folder)
-        with service(redis, workdir) as (process, base_url, _env):
-            tokens = asyncio.run(collect_tokens(base_url, args.tokens, args.sessions))
-            tokens_file = workdir / "tokens.txt"
-            tokens_file.write_text("\n".join(tokens) + "\n")
-            generator = "wrk" if shutil.which("wrk") else "python (no wrk found)"
-            print(
-                f"{len(tokens)} distinct tokens; load: {generator}; "
-                f"{args.connections} connections, {args.seconds}s per round"
-            )
-            if args.soak:
-                return soak(args, process.pid, base_url, tokens, tokens_file)
-            # Warm up both routes (interpreter caches, pool connections, script cache).
-            for route in ("/health/live", "/me"):
-                load(f"{base_url}{route}", tokens, tokens_file, 2, args.connections)
-            rounds: list[Round] = []
-            for number in range(args.rounds):
-                # Every other round runs /me first, so a drift in the machine's load (other
-                # tenants, CPU frequency) does not always favour the same route.
-                order = ("/health/live", "/me") if number % 2 == 0 else ("/me", "/health/live")
-                measured = {}
-                for route in order:
-                    cpu_before = cpu_seconds(process.pid)
-                    total, rate, p50, p99 = load(
-                        f"{base_url}{route}", tokens, tokens_file, args.seconds, args.connections
-                    )
-                    cpu_us = (cpu_seconds(process.pid) - cpu_before) * 1e6 / max(total, 1)
-                    measured[route] = Round(
-                        route, total, rate, p50, p99, rss_mib(process.pid), cpu_us
-                    )
-                rounds += [measured["/health/live"], measured["/me"]]
-            report(rounds)
-            print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
-            for route in ("/health/live", "/me"):
-                url = f"{base_url}{route}"
-                print(f"  {route:<13} {commands_per_request(redis, url, tokens, tokens_file, 4)}")
+        env = service_environment(redis, workdir)
+        running = {name: servers.enter_context(service(env, workdir, name)) for name in names}
+        process, base_url = running["serve"]
+        token_list = asyncio.run(collect_tokens(base_url, args.tokens, args.sessions))
+        tokens_file = workdir / "tokens.txt"
+        tokens_file.write_text("\n".join(token_list) + "\n")
+        tokens = (token_list, tokens_file)
+        generator = "wrk" if shutil.which("wrk") else "python (no wrk found)"
+        print(
+            f"{len(token_list)} distinct tokens; load: {generator}; "
+            f"{args.connections} connections, {args.seconds}s per round"
+        )
+        if args.soak:
+            return soak(args, process.pid, base_url, *tokens)
+        # Warm up every route of every server (interpreter caches, pool connections, scripts).
+        for _, url in running.values():
+            for route in ROUTES:
+                load(f"{url}{route}", *tokens, 2, args.connections)
+        rounds: dict[str, list[Round]] = {name: [] for name in names}
+        for number in range(args.rounds):
+            # The order of routes flips every round and that of servers every other round, so
+            # a drift in the machine's load (other tenants, CPU frequency) favours no one.
+            routes = ROUTES if number % 2 == 0 else ROUTES[::-1]
+            for name in names if number // 2 % 2 == 0 else names[::-1]:
+                process, url = running[name]
+                measured = {route: measure(process, url + route, tokens, args) for route in routes}
+                rounds[name] += [measured[route] for route in ROUTES]
+        for name in names:
+            if args.stock:
+                print(f"\n{name}:")
+            report(rounds[name])
+        if args.stock:
+            compare(rounds["serve"], rounds["stock uvicorn"])
+        print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
+        for route in ROUTES:
+            url = f"{running['serve'][1]}{route}"
+            print(f"  {route:<13} {commands_per_request(redis, url, *tokens, 4)}")
     return 0
+
+
+def compare(serve: list[Round], stock: list[Round]) -> None:
+    """What `serve` costs over stock uvicorn, per route: medians of the per-round figures (the
+    two servers ran the same round back to back, so a pair shares the machine's mood)."""
+    print("\nserve against stock uvicorn, per route (median over rounds):")
+    row = "  {:<13} {:>14} {:>14} {:>14} {:>12}"
+    print(row.format("route", "CPU us serve", "CPU us stock", "added (pairs)", "req/s ratio"))
+    for route in ROUTES:
+        ours = [item for item in serve if item.route == route]
+        theirs = [item for item in stock if item.route == route]
+        pairs = list(zip(ours, theirs, strict=True))
+        added = [a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs]
+        speed = [a.requests_per_second / b.requests_per_second for a, b in pairs]
+        values = (
+            route,
+            f"{statistics.median(item.cpu_us_per_request for item in ours):.1f}",
+            f"{statistics.median(item.cpu_us_per_request for item in theirs):.1f}",
+            f"{statistics.median(added):+.1f}",
+            f"{statistics.median(speed):.3f}",
+        )
+        print(row.format(*values))
 
 
 TABLE_ROW = "{:>5}  {:<13} {:>9} {:>7} {:>7} {:>8} {:>10}"
@@ -354,6 +417,12 @@ def main() -> int:
         "--soak", action="store_true", help="long run: RSS after warm-up and at the end"
     )
     parser.add_argument("--requests", type=int, default=200_000, help="soak: total requests")
+    parser.add_argument(
+        "--stock",
+        action="store_true",
+        help="also run the app under stock uvicorn (no header/body limits, default logging) "
+        "and compare the CPU time per request",
+    )
     args = parser.parse_args()
     if args.soak and args.tokens == parser.get_default("tokens"):
         args.tokens = 20_000
