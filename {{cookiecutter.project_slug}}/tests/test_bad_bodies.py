@@ -9,9 +9,7 @@ refresh token included, on a route that needs no login.
 from __future__ import annotations
 
 import secrets
-import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,44 +17,13 @@ import pytest
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings
-from .test_processes import (
-    STOP_SECONDS,
-    Service,
-    environment_for,
-    kill,
-    new_user,
-    start_service,
-    wait_until_ready,
-)
+from .test_processes import Service, logged_service, new_user, stop
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data; boundary=x"
 # In every body below; it must appear in no answer and no log line.
 MARKER = "marker" + secrets.token_hex(8)
-
-
-@contextmanager
-def logged_service(
-    settings: Settings, redis_url: str, key_files: dict[str, Path], folder: Path
-) -> Iterator[tuple[Service, Path]]:
-    """A ready `serve` process for `settings`, writing its output to a file."""
-    log = folder / "service.log"
-    with log.open("w") as output:
-        environment = environment_for(settings, redis_url, key_files)
-        service = start_service(environment, folder, output=output)
-    try:
-        wait_until_ready(service)
-        yield service, log
-    finally:
-        kill(service)
-
-
-def stop(service: Service, log: Path) -> str:
-    """Stop the process (so every line it wrote is in the file), then read its output."""
-    service.process.send_signal(signal.SIGTERM)
-    service.process.wait(timeout=STOP_SECONDS)
-    return log.read_text()
 
 
 @pytest.fixture

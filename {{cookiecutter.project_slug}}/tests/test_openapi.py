@@ -21,8 +21,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings
 from .helpers import PASSWORD, add_user
-from .test_bad_bodies import logged_service, stop
-from .test_processes import Service, bearer
+from .test_processes import Service, bearer, logged_service, stop
 
 # Every operation of this template and the statuses it can answer (routes added later are held
 # to the general rules of `test_error_answers_are_documented_alike` and to schemathesis).

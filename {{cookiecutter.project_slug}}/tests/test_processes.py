@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -89,6 +90,29 @@ def kill(service: Service) -> None:
     if service.process.poll() is None:
         service.process.kill()
         service.process.communicate()
+
+
+@contextmanager
+def logged_service(
+    settings: Settings, redis_url: str, key_files: dict[str, Path], folder: Path
+) -> Iterator[tuple[Service, Path]]:
+    """A ready `serve` process for `settings`, writing its output to a file."""
+    log = folder / "service.log"
+    with log.open("w") as output:
+        environment = environment_for(settings, redis_url, key_files)
+        service = start_service(environment, folder, output=output)
+    try:
+        wait_until_ready(service)
+        yield service, log
+    finally:
+        kill(service)
+
+
+def stop(service: Service, log: Path) -> str:
+    """Stop the process (so every line it wrote is in the file), then read its output."""
+    service.process.send_signal(signal.SIGTERM)
+    service.process.wait(timeout=STOP_SECONDS)
+    return log.read_text()
 
 
 def environment_for(

@@ -19,7 +19,7 @@ import pytest
 from {{ cookiecutter.package_name }}.server import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 from .conftest import delete_keys, make_settings
-from .test_processes import Service, environment_for, kill, start_service, wait_until_ready
+from .test_processes import Service, logged_service
 
 SENDERS = 8  # concurrent clients in the memory test
 SENT_PER_CLIENT = 8 * 1024 * 1024  # what each of them tries to send
@@ -35,16 +35,12 @@ def served(
     """One served process and its port."""
     folder = tmp_path_factory.mktemp("server-limits")
     settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    log = (folder / "service.log").open("w")  # many requests: a pipe would fill up
-    service = start_service(environment_for(settings, redis_url, key_files), folder, output=log)
     try:
-        wait_until_ready(service)
-        port = urlsplit(service.url).port
-        assert port is not None
-        yield service, port
+        with logged_service(settings, redis_url, key_files, folder) as (service, _):
+            port = urlsplit(service.url).port
+            assert port is not None
+            yield service, port
     finally:
-        kill(service)
-        log.close()
         delete_keys(redis_url, settings.redis_key_prefix)
 
 
