@@ -380,9 +380,7 @@ CASES: list[Any] = [
         id="kid of the previous key, signed with the current key",
     ),
     pytest.param(
-        token_case(
-            lambda forge: forge.token(sign=key_signer(forge.previous_key, ALGORITHM))
-        ),
+        token_case(lambda forge: forge.token(sign=key_signer(forge.previous_key, ALGORITHM))),
         id="kid of the current key, signed with the previous key",
     ),
     pytest.param(token_case(lambda forge: forge.token(claims=b"[1, 2, 3]")), id="payload array"),
