@@ -150,6 +150,31 @@ def test_rotate_keys_without_its_key_files_says_so(
 
 
 @pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
+def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
+    settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """A half-finished copy of a rotated pair would sign tokens it then refuses: it stops
+    `serve` with one line instead."""
+    mine = write_key_pair(ALGORITHM, tmp_path)
+    (tmp_path / "other").mkdir()
+    other = write_key_pair(ALGORITHM, tmp_path / "other")
+    mixed = {"private": mine["private"], "public": other["public"]}
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", "1"],
+        env=environment_for(settings, redis_url, mixed),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: JWT keys: APP_JWT_PUBLIC_KEY_FILE")
+    assert "is not the public key of APP_JWT_PRIVATE_KEY_FILE" in line
+
+
+@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
 def test_rotation_keeps_the_previous_key_and_drops_the_one_before(
     settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
