@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from .conftest import make_settings, running
 from .helpers import add_user, login, me
 from .keys import expected_kid, rfc7638_thumbprint, write_key_pair
+from .redis_server import free_port
 from .test_processes import environment_for, kill, start_service, wait_until_ready
 
 pytestmark = pytest.mark.anyio
@@ -160,7 +161,7 @@ def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
     other = write_key_pair(ALGORITHM, tmp_path / "other")
     mixed = {"private": mine["private"], "public": other["public"]}
     result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", "1"],
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(free_port())],
         env=environment_for(settings, redis_url, mixed),
         cwd=tmp_path,
         capture_output=True,
