@@ -172,7 +172,10 @@ def write_atomically(path: Path, text: str, mode: int) -> None:
     readable by others, not even for a moment) in the same directory, so the rename is atomic.
     """
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as error:  # name the directory, not a temporary file the user never saw
+        raise OSError(error.errno, error.strerror, str(path.parent)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
