@@ -21,16 +21,21 @@ from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
+{% if cookiecutter.jwt_algorithm.startswith("HS") -%}
 from .conftest import make_settings, running
 from .helpers import add_user, login, me
+from .keys import expected_kid, rfc7638_thumbprint
+from .test_processes import environment_for
+{%- else -%}
+from .helpers import add_user, login
 from .keys import expected_kid, rfc7638_thumbprint, write_key_pair
 from .redis_server import free_port
 from .test_processes import environment_for, kill, start_service, wait_until_ready
+{%- endif %}
 
 pytestmark = pytest.mark.anyio
 
 ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
-HMAC = ALGORITHM.startswith("HS")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 
 # RFC 7638, section 3.1: an RSA public key and its SHA-256 thumbprint.
@@ -95,31 +100,18 @@ def test_the_verifier_reports_an_unknown_kid_apart(settings: Settings) -> None:
     assert verifier.verify(with_kid("rotated-away", alg="none")) is None
 
 
-@pytest.mark.skipif(not HMAC, reason="HS256 publishes no keys")
+def rotate(environment: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "rotate-keys"]
+    return subprocess.run(
+        command, env=environment, cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+{% if cookiecutter.jwt_algorithm.startswith("HS") -%}
 async def test_hmac_services_publish_no_keys(client: httpx.AsyncClient) -> None:
     assert (await client.get("/.well-known/jwks.json")).status_code == 404
 
 
-@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
-async def test_jwks_lists_the_public_key_only(
-    client: httpx.AsyncClient, settings: Settings, key_files: dict[str, Path]
-) -> None:
-    """One public key (no rotation yet), with kty/kid/alg/use, no private member, cacheable."""
-    response = await client.get("/.well-known/jwks.json")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.headers["cache-control"] == "public, max-age=300"
-    (key,) = response.json()["keys"]
-    assert not PRIVATE_MEMBERS & set(key)
-    assert key["kid"] == own_kid(settings, key_files) == rfc7638_thumbprint(key)
-    assert (key["alg"], key["use"]) == (ALGORITHM, "sig")
-    assert key["kty"] == ("RSA" if ALGORITHM.startswith("RS") else "EC")
-    add_user(settings, "alice")
-    token = (await login(client, "alice"))["access_token"]
-    assert jwt.get_unverified_header(token)["kid"] == key["kid"]
-
-
-@pytest.mark.skipif(not HMAC, reason="HS256 only")
 async def test_previous_secrets_verify_but_never_sign(
     redis_url: str, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -144,14 +136,6 @@ async def test_previous_secrets_verify_but_never_sign(
         assert (await me(client, old_token)).status_code == 401
 
 
-def rotate(environment: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "rotate-keys"]
-    return subprocess.run(
-        command, env=environment, cwd=cwd, capture_output=True, text=True, check=False
-    )
-
-
-@pytest.mark.skipif(not HMAC, reason="HS256 only")
 def test_rotate_keys_explains_hmac_rotation(
     settings: Settings, redis_url: str, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -161,9 +145,25 @@ def test_rotate_keys_explains_hmac_rotation(
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: rotate-keys: HS256 has no key files; rotate by hand:")
     assert "APP_JWT_PREVIOUS_SECRETS" in line
+{%- else -%}
+async def test_jwks_lists_the_public_key_only(
+    client: httpx.AsyncClient, settings: Settings, key_files: dict[str, Path]
+) -> None:
+    """One public key (no rotation yet), with kty/kid/alg/use, no private member, cacheable."""
+    response = await client.get("/.well-known/jwks.json")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "public, max-age=300"
+    (key,) = response.json()["keys"]
+    assert not PRIVATE_MEMBERS & set(key)
+    assert key["kid"] == own_kid(settings, key_files) == rfc7638_thumbprint(key)
+    assert (key["alg"], key["use"]) == (ALGORITHM, "sig")
+    assert key["kty"] == ("RSA" if ALGORITHM.startswith("RS") else "EC")
+    add_user(settings, "alice")
+    token = (await login(client, "alice"))["access_token"]
+    assert jwt.get_unverified_header(token)["kid"] == key["kid"]
 
 
-@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
 def test_rotate_keys_without_its_key_files_says_so(
     settings: Settings, redis_url: str, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -175,7 +175,6 @@ def test_rotate_keys_without_its_key_files_says_so(
     assert not list(tmp_path.glob("*.pem"))  # nothing written
 
 
-@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
 def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
     settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
@@ -200,7 +199,6 @@ def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
     assert "is not the public key of APP_JWT_PRIVATE_KEY_FILE" in line
 
 
-@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
 def test_rotation_keeps_the_previous_key_and_drops_the_one_before(
     settings: Settings, redis_url: str, tmp_path: Path
 ) -> None:
@@ -238,3 +236,4 @@ def test_rotation_keeps_the_previous_key_and_drops_the_one_before(
         "public.pem",
         "public.previous.pem",
     ]
+{%- endif %}
