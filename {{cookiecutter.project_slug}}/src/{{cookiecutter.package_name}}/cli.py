@@ -1,4 +1,4 @@
-"""Command line: `python -m {{ cookiecutter.package_name }} serve | create-user`."""
+"""Command line: `python -m {{ cookiecutter.package_name }} serve | create-user | rotate-keys`."""
 
 from __future__ import annotations
 
@@ -146,6 +146,46 @@ def create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def rotate_keys(args: argparse.Namespace) -> int:
+    """RS256/ES256: a new signing key pair; the replaced public key stays as the previous one."""
+    from jose.exceptions import JOSEError
+
+    from .auth.keys import previous_public_key_file, rotate_key_files
+
+    settings = load_settings()
+    if settings.jwt_algorithm.startswith("HS"):
+        print(
+            f"error: rotate-keys: {settings.jwt_algorithm} has no key files; rotate by hand: "
+            "move APP_JWT_SECRET's value to APP_JWT_PREVIOUS_SECRETS, set a new APP_JWT_SECRET "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(48))'), restart",
+            file=sys.stderr,
+        )
+        return 2
+    private_file, public_file = settings.jwt_private_key_file, settings.jwt_public_key_file
+    if private_file is None or public_file is None:  # settings already refuse this
+        print("error: rotate-keys: both JWT key files must be set", file=sys.stderr)
+        return 2
+    try:
+        new_kid, previous_kid = rotate_key_files(settings.jwt_algorithm, private_file, public_file)
+    except OSError as error:
+        where = error.filename or public_file.parent
+        print(f"error: rotate-keys: {where}: {error.strerror}", file=sys.stderr)
+        return 1
+    except (JOSEError, ValueError):  # python-jose could not read the current public key
+        print(
+            f"error: rotate-keys: {public_file}: not a {settings.jwt_algorithm} public key",
+            file=sys.stderr,
+        )
+        return 1
+    previous = previous_public_key_file(public_file)
+    print(
+        f"rotated keys: new signing key {new_kid} in {private_file} and {public_file}; "
+        f"the previous public key {previous_kid} is kept in {previous} for verification; "
+        "restart the service to sign with the new key"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="{{ cookiecutter.package_name }}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     user_parser.add_argument("name")
     user_parser.add_argument("--scopes", default="", help='space-separated, e.g. "read write"')
     user_parser.set_defaults(handler=create_user)
+
+    rotate_parser = commands.add_parser(
+        "rotate-keys",
+        help="RS256/ES256: new signing key pair; the current public key becomes the previous one",
+    )
+    rotate_parser.set_defaults(handler=rotate_keys)
     return parser
 
 

@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .api import health, me
+from .api import health, jwks, me
 from .auth import routes as auth_routes
+from .auth.keys import load_key_set
 from .auth.passwords import PasswordChecker, password_hasher
 from .auth.sessions import SessionStore
 from .auth.tokens import create_token_pair
@@ -50,11 +51,14 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings
-    app.state.token_issuer, app.state.token_verifier = create_token_pair(settings)
+    app.state.keys = load_key_set(settings)
+    app.state.token_issuer, app.state.token_verifier = create_token_pair(settings, app.state.keys)
     app.state.password_checker = PasswordChecker(password_hasher(settings))
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
     app.include_router(health.router)
+    if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
+        app.include_router(jwks.router)
     app.include_router(auth_routes.router)
     app.include_router(me.router)
     return app

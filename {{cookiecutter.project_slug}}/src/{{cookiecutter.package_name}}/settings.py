@@ -44,6 +44,8 @@ class Settings(BaseSettings):
 
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "{{ cookiecutter.jwt_algorithm }}"
     jwt_secret: SecretStr | None = None
+    # HS256 after a rotation: secrets still accepted for verification, never used to sign.
+    jwt_previous_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     jwt_private_key_file: Path | None = None
     jwt_public_key_file: Path | None = None
     jwt_issuer: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
@@ -81,6 +83,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_rate(cls, value: object) -> object:
         return Rate.from_string(value) if isinstance(value, str) else value
+
+    @field_validator("jwt_previous_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        """Comma-separated; a secret from `secrets.token_urlsafe` never holds a comma."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -146,21 +156,25 @@ class Settings(BaseSettings):
                 f"APP_JWT_SECRET is required for {self.jwt_algorithm}; generate one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
-        secret = self.jwt_secret.get_secret_value()
+        self._check_one_secret("APP_JWT_SECRET", self.jwt_secret.get_secret_value())
+        for previous in self.jwt_previous_secrets:  # they verify tokens: as strict as the current
+            self._check_one_secret("APP_JWT_PREVIOUS_SECRETS", previous.get_secret_value())
+
+    def _check_one_secret(self, name: str, secret: str) -> None:
         if is_placeholder(secret):
             raise ValueError(
-                "APP_JWT_SECRET is a placeholder from .env.example; generate one with "
+                f"{name} is a placeholder from .env.example; generate a secret with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         if self.environment != "production":
             return
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(
-                f"APP_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes; "
+                f"{name} is shorter than {MIN_SECRET_BYTES} bytes; "
                 "production needs a long random secret"
             )
         if any(marker in secret.lower() for marker in WEAK_MARKERS):
-            raise ValueError("APP_JWT_SECRET looks like a placeholder; production needs a real one")
+            raise ValueError(f"{name} looks like a placeholder; production needs a real one")
 
     def _check_key_files(self) -> None:
         for name, path in (

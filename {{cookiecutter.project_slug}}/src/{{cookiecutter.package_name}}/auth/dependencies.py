@@ -62,8 +62,9 @@ class Authenticated(OAuth2PasswordBearer):
         if token is None:
             raise errors.not_authenticated()
         state = request.app.state
-        principal: Principal | None = state.token_verifier.verify(token) if token else None
-        if principal is None:
+        # None and `UnknownKey` (a `kid` this service does not hold) are both simply invalid.
+        principal = state.token_verifier.verify(token) if token else None
+        if not isinstance(principal, Principal):
             raise errors.invalid_token()
         rate = self._rate or state.settings.rate_limit
         # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end

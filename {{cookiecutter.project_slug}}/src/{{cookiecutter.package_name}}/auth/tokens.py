@@ -1,31 +1,35 @@
 """Access tokens: signed JWTs with the fewest claims that do the job, and their verification.
 
 A token carries exactly `iss aud sub sid jti iat exp scope` and the header `typ: at+jwt`
-(RFC 9068). Verification follows RFC 8725: one key and one algorithm from configuration (the
-token's header never chooses either), `iss`/`aud`/`exp`/`iat` required, explicit typing, no
-critical header extensions, and every failure reported the same way.
+(RFC 9068) and `kid`. Verification follows RFC 8725: one algorithm from configuration, the key
+picked by `kid` from the service's own key set only (never from `jwk`/`jku`/`x5u`), `iss`/`aud`/
+`exp`/`iat` required, explicit typing, no critical header extensions, and every failure reported
+the same way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jose import jwk, jws, jwt
-from jose.backends.base import Key
+from jose import jws, jwt
 from jose.exceptions import JOSEError
 
 from ..settings import Settings
+from .keys import KeyLookup, KeySet, load_key_set
 from .sessions import SESSION_ID_PATTERN
 from .users import USERNAME_PATTERN
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, RFC 9068 section 2.1)
 MAX_TOKEN_BYTES = 4096  # python-jose has no size limit for signed tokens; parsing is not free
 LEEWAY_SECONDS = 10  # clock skew tolerated on exp, nbf and iat
+# A `kid` worth reporting as unknown: short, printable ASCII. Anything else is just invalid.
+KID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 
 # A token that fails in any of these ways is simply invalid. ValueError: bad base64 or JSON;
 # RecursionError: a deeply nested JSON header, which python-jose parses before it checks the
@@ -52,33 +56,29 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownKey:
+    """A token that is well formed, for our algorithm, but names a key we do not hold.
+
+    Invalid as it stands (401); a verifier of a remote issuer's keys may refresh its key set
+    once on this and try again. Only a `kid` matching `KID_PATTERN` is ever carried here.
+    """
+
+    kid: str
+
+
+@dataclass(frozen=True, slots=True)
 class AccessToken:
     token: str
     expires_in: int  # seconds
 
 
-def load_keys(settings: Settings) -> tuple[Key, Key]:
-    """(signing key, verification key), read from settings or disk once, at startup."""
-    algorithm = settings.jwt_algorithm
-    if algorithm.startswith("HS"):
-        if settings.jwt_secret is None:
-            raise ValueError("APP_JWT_SECRET is required")  # settings already refuse this
-        secret = jwk.construct(settings.jwt_secret.get_secret_value(), algorithm)
-        return secret, secret
-    private_file, public_file = settings.jwt_private_key_file, settings.jwt_public_key_file
-    if private_file is None or public_file is None:
-        raise ValueError("both JWT key files are required")  # settings already refuse this
-    private_key = jwk.construct(private_file.read_text(encoding="utf-8"), algorithm)
-    public_key = jwk.construct(public_file.read_text(encoding="utf-8"), algorithm)
-    return private_key, public_key
-
-
 class TokenIssuer:
     """Signs access tokens for a session."""
 
-    def __init__(self, settings: Settings, key: Key) -> None:
+    def __init__(self, settings: Settings, keys: KeySet) -> None:
         self._algorithm = settings.jwt_algorithm
-        self._key = key
+        self._key = keys.signing_key
+        self._headers = {"typ": ACCESS_TOKEN_TYPE, "kid": keys.signing_kid}
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl_seconds = settings.access_token_ttl_seconds
@@ -95,37 +95,44 @@ class TokenIssuer:
             "exp": now + self._ttl_seconds,
             "scope": " ".join(sorted(scopes)),
         }
-        token = jwt.encode(
-            claims, self._key, algorithm=self._algorithm, headers={"typ": ACCESS_TOKEN_TYPE}
-        )
+        token = jwt.encode(claims, self._key, algorithm=self._algorithm, headers=self._headers)
         return AccessToken(token=token, expires_in=self._ttl_seconds)
 
 
 class TokenVerifier:
-    """Turns a bearer token into a `Principal`, or None when the token is not acceptable.
+    """Turns a bearer token into a `Principal`; None when the token is not acceptable, and
+    `UnknownKey` when it is well formed but names a key `keys` does not hold (also a 401).
 
-    python-jose checks the signature with the one configured key and algorithm (`jws.verify`);
-    the claim rules are written out below, each required explicitly (python-jose's own claim
+    The header's `kid` only selects among keys the service already holds (`keys`, loaded at
+    startup); an unknown `kid` costs a dictionary lookup, no I/O. python-jose then checks the
+    signature with that key and the one configured algorithm (`jws.verify`); the claim rules are
+    written out in `_principal_from`, each required explicitly (python-jose's own claim
     validation requires nothing by default, and costs more than the signature check).
-
-    To trust keys published elsewhere (a JWKS endpoint of an identity provider), subclass and
-    choose the key in `.verify()` from your own fetched, cached key set, never from the token's
-    `kid`/`jku`/`jwk`/`x5u` headers alone; keep the single-algorithm list and the claim checks.
     """
 
-    def __init__(self, settings: Settings, key: Key) -> None:
+    def __init__(self, settings: Settings, keys: KeyLookup) -> None:
+        self._algorithm = settings.jwt_algorithm
         self._algorithms = [settings.jwt_algorithm]  # a one-element list, never a string
-        self._key = key
+        self._keys = keys
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
 
-    def verify(self, token: str) -> Principal | None:
+    def verify(self, token: str) -> Principal | UnknownKey | None:
         if len(token) > MAX_TOKEN_BYTES:
             return None
         try:
-            payload = jws.verify(token, self._key, self._algorithms)
-            # The signature covers the header, so once verified it is no longer "unverified".
+            # Unverified until the signature is checked: used here only to pick one of our keys.
             header = jws.get_unverified_header(token)
+            if header.get("alg") != self._algorithm:
+                return None
+            kid = header.get("kid")
+            if not (isinstance(kid, str) and KID_PATTERN.fullmatch(kid)):
+                return None
+            key = self._keys.verification_key(kid)
+            if key is None:
+                return UnknownKey(kid)
+            payload = jws.verify(token, key, self._algorithms)
+            # The signature covers the header, so once verified it is no longer "unverified".
             claims = json.loads(payload)
             return self._principal_from(header, claims, time.time())
         except TOKEN_ERRORS:
@@ -170,7 +177,9 @@ class TokenVerifier:
         return for_us and claims.get("iss") == self._issuer
 
 
-def create_token_pair(settings: Settings) -> tuple[TokenIssuer, TokenVerifier]:
-    """The issuer and verifier for these settings; keys are read here, once."""
-    signing_key, verification_key = load_keys(settings)
-    return TokenIssuer(settings, signing_key), TokenVerifier(settings, verification_key)
+def create_token_pair(
+    settings: Settings, keys: KeySet | None = None
+) -> tuple[TokenIssuer, TokenVerifier]:
+    """The issuer and verifier for these settings; keys are read here (or given), once."""
+    keys = keys or load_key_set(settings)
+    return TokenIssuer(settings, keys), TokenVerifier(settings, keys)
