@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -33,13 +34,12 @@ from jose import jwk
 from jose.backends.base import Key
 
 from ..settings import Settings
-from .tokens import TOKEN_ERRORS
+from .tokens import KID_PATTERN, TOKEN_ERRORS
 
 logger = logging.getLogger(__name__)
 
 MAX_KEYS = 16  # an issuer publishes its current key and one or two others
 MAX_DOCUMENT_BYTES = 64 * 1024  # a 16-key JWKS is a few KiB; stop reading far past that
-MAX_KID_LENGTH = 256
 UNKNOWN_KID_INTERVAL_SECONDS = 30.0  # at most one fetch this often for unknown kids
 REFRESH_BOUNDS = (60.0, 24 * 60 * 60.0)  # whatever max-age says, refresh within these
 DEFAULT_REFRESH_SECONDS = 300.0  # when the issuer sends no max-age
@@ -62,18 +62,12 @@ class RemoteKeys:
     one place a request may wait for a fetch, and it is gated and shared.
     """
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._algorithm = settings.jwt_algorithm
         self._oidc_issuer = settings.oidc_issuer
         self._jwks_url = settings.jwt_jwks_url  # with OIDC: found by discovery
-        timeout = settings.jwt_jwks_timeout_seconds
-        self._total_timeout = 2 * timeout  # a server that trickles bytes still ends here
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),  # connect, read, write and pool each
-            follow_redirects=False,  # the configured URL, nowhere else
-            # Uncompressed: the size cap then counts what is parsed (no decompression bomb).
-            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
-        )
+        self._timeout = settings.jwt_jwks_timeout_seconds
+        self._client: httpx.AsyncClient | None = None  # made in start(), closed in close()
         self._keys: dict[str, Key] = {}  # replaced whole, never added to
         self._fetching: asyncio.Task[bool] | None = None
         self._last_fetch_started = -UNKNOWN_KID_INTERVAL_SECONDS  # time.monotonic()
@@ -91,6 +85,12 @@ class RemoteKeys:
 
     async def start(self) -> None:
         """Fetch once (a failure is logged, and retried in the background), then keep fresh."""
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout),  # connect, read, write and pool, each
+            follow_redirects=False,  # the configured URL, nowhere else
+            # Uncompressed: the size cap then counts what is parsed (no decompression bomb).
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+        )
         await self._fetch_shared()
         self._background = asyncio.create_task(self._refresh_forever(), name="jwks-refresh")
 
@@ -98,11 +98,10 @@ class RemoteKeys:
         for task in (self._background, self._fetching):
             if task is not None:
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def refresh_for_unknown_kid(self) -> bool:
         """Wait for a fetch, if one may happen now; True if the key set was refreshed.
@@ -142,7 +141,8 @@ class RemoteKeys:
     async def _fetch(self) -> bool:
         """Fetch and replace the key set; on any failure keep the last good one."""
         try:
-            async with asyncio.timeout(self._total_timeout):
+            # Each read has its timeout; this bounds a server that trickles bytes.
+            async with asyncio.timeout(2 * self._timeout):
                 jwks_url = self._jwks_url or await self._discover()
                 document, max_age = await self._get_json(jwks_url)
                 keys = usable_keys(document, self._algorithm)
@@ -185,6 +185,8 @@ class RemoteKeys:
 
     async def _get_json(self, url: str) -> tuple[Any, float]:
         """The JSON document at `url` and its max-age; at most `MAX_DOCUMENT_BYTES` are read."""
+        if self._client is None:
+            raise FetchError("not started")
         async with self._client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise FetchError(f"HTTP {response.status_code}")
@@ -223,7 +225,7 @@ def usable_key(entry: Any, algorithm: str) -> Key | None:
     if not isinstance(entry, dict):
         return None
     kid = entry.get("kid")
-    if not (isinstance(kid, str) and 0 < len(kid) <= MAX_KID_LENGTH):
+    if not (isinstance(kid, str) and KID_PATTERN.fullmatch(kid)):  # a kid tokens can name
         return None
     if entry.get("use", "sig") != "sig" or entry.get("alg", algorithm) != algorithm:
         return None
