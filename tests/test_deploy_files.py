@@ -99,7 +99,14 @@ def test_compose_hands_the_key_pair_to_the_app_user_alone(project: Path) -> None
             f"{project / 'keys'}:/host-keys:ro",
             "keys:/keys:rw",
         ]
-        assert keys["command"][:7] == ["install", "-m", "0400", "-o", app_uid, "-g", app_uid]
+        shell, options, script = keys["command"]
+        assert (shell, options) == ("sh", "-ec")  # -e: a failed copy fails the step
+        install = f"install -m 0400 -o {app_uid} -g {app_uid} -t /keys"
+        assert f"{install} /host-keys/jwt-private.pem /host-keys/jwt-public.pem;" in script
+        # The previous public key (after rotate-keys) is copied when it exists, else removed.
+        assert script.startswith("rm -f /keys/jwt-public.previous.pem;")
+        assert "if [ -f /host-keys/jwt-public.previous.pem ]; then" in script
+        assert f"{install} /host-keys/jwt-public.previous.pem; fi" in script
         assert keys["user"] == "0:0"  # only to read the host's files and hand them over
         assert keys["network_mode"] == "none"
         assert keys["read_only"] is True

@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from jose import jwk, jwt
 from {{ cookiecutter.package_name }}.auth.tokens import LEEWAY_SECONDS
 from {{ cookiecutter.package_name }}.settings import Settings
 
+from .conftest import delete_keys, make_settings
 from .helpers import add_user, assert_invalid_token, bearer, login, me
+from .keys import expected_kid, write_key_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +95,7 @@ class Forge:
     settings: Settings
     key_files: dict[str, Path]
     attacker_key: str  # same algorithm as the service, different key
+    previous_key: str  # a key the service accepts, but no longer signs with
     sub: str
     sid: str
 
@@ -103,6 +106,15 @@ class Forge:
             assert self.settings.jwt_secret is not None
             return self.settings.jwt_secret.get_secret_value()
         return self.key_files["private"].read_text()
+
+    @property
+    def kid(self) -> str:
+        secret = self.settings.jwt_secret.get_secret_value() if self.settings.jwt_secret else ""
+        return expected_kid(ALGORITHM, secret, self.key_files["public"])
+
+    @property
+    def previous_kid(self) -> str:
+        return expected_kid(ALGORITHM, self.previous_key, previous_public_file(self.key_files))
 
     def claims(self, **changes: Any) -> dict[str, Any]:
         """Good claims; a change to `...` (Ellipsis) removes that claim."""
@@ -121,7 +133,7 @@ class Forge:
         return {name: value for name, value in claims.items() if value is not Ellipsis}
 
     def header(self, **changes: Any) -> dict[str, Any]:
-        header: dict[str, Any] = {"alg": ALGORITHM, "typ": "at+jwt"}
+        header: dict[str, Any] = {"alg": ALGORITHM, "typ": "at+jwt", "kid": self.kid}
         header.update(changes)
         return {name: value for name, value in header.items() if value is not Ellipsis}
 
@@ -144,19 +156,59 @@ class Forge:
         )
 
 
+def previous_public_file(key_files: dict[str, Path]) -> Path:
+    """The service's convention: the previous public key next to the current one."""
+    return key_files["public"].with_name(key_files["public"].stem + ".previous.pem")
+
+
 @pytest.fixture(scope="module")
 def attacker_key() -> str:
     return new_key(ALGORITHM)
 
 
+@pytest.fixture(scope="module")
+def previous_key() -> str:
+    return new_key(ALGORITHM)
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory, previous_key: str) -> dict[str, Path]:
+    """This module's own key pair, with a previous key beside it (RS256/ES256), as after a
+    rotation; the session's key files stay without one."""
+    files = write_key_pair(ALGORITHM, tmp_path_factory.mktemp("keys"))
+    if not ALGORITHM.startswith("HS"):
+        previous_public = jwk.construct(previous_key, ALGORITHM).public_key().to_pem()
+        previous_public_file(files).write_bytes(previous_public)
+    return files
+
+
+@pytest.fixture
+def settings(
+    redis_url: str, key_files: dict[str, Path], previous_key: str, tmp_path: Path
+) -> Iterator[Settings]:
+    """As conftest's, with a previous key: APP_JWT_PREVIOUS_SECRETS for HS256."""
+    previous = [previous_key] if ALGORITHM.startswith("HS") else []
+    settings = make_settings(
+        redis_url, key_files, users_file=tmp_path / "users.json", jwt_previous_secrets=previous
+    )
+    yield settings
+    delete_keys(redis_url, settings.redis_key_prefix)
+
+
 @pytest.fixture
 async def forge(
-    client: httpx.AsyncClient, settings: Settings, key_files: dict[str, Path], attacker_key: str
+    client: httpx.AsyncClient,
+    settings: Settings,
+    key_files: dict[str, Path],
+    attacker_key: str,
+    previous_key: str,
 ) -> Forge:
     """A forger for a session that is really open (a user logged in)."""
     add_user(settings, "alice", scopes=["read"])
     claims = jwt.get_unverified_claims((await login(client, "alice"))["access_token"])
-    return Forge(settings, key_files, attacker_key, sub=claims["sub"], sid=claims["sid"])
+    return Forge(
+        settings, key_files, attacker_key, previous_key, sub=claims["sub"], sid=claims["sid"]
+    )
 
 
 # Each case turns a forger into request headers that must earn a 401.
@@ -299,6 +351,38 @@ CASES: list[Any] = [
         token_case(lambda forge: forge.attacker_token(kid="../../../../dev/null")),
         id="kid header",
     ),
+    pytest.param(token_case(lambda forge: forge.token(header=forge.header(kid=...))), id="no kid"),
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(kid="no-such-key"))),
+        id="unknown kid",
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(kid=7))), id="kid a number"
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(kid=[forge.kid]))),
+        id="kid a list",
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.token(header=forge.header(kid="k" * 5000))),
+        id="kid over the cap",
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.attacker_token(kid=forge.previous_kid)),
+        id="kid of the previous key, signed with another key",
+    ),
+    pytest.param(
+        token_case(
+            lambda forge: forge.token(
+                header=forge.header(kid=forge.previous_kid), sign=key_signer(forge.key, ALGORITHM)
+            )
+        ),
+        id="kid of the previous key, signed with the current key",
+    ),
+    pytest.param(
+        token_case(lambda forge: forge.token(sign=key_signer(forge.previous_key, ALGORITHM))),
+        id="kid of the current key, signed with the previous key",
+    ),
     pytest.param(token_case(lambda forge: forge.token(claims=b"[1, 2, 3]")), id="payload array"),
     pytest.param(token_case(lambda forge: forge.token(claims=b'"alice"')), id="payload string"),
     pytest.param(token_case(lambda forge: forge.token(claims=b"\xff\xfe")), id="payload not UTF-8"),
@@ -398,9 +482,32 @@ async def test_the_forger_makes_acceptable_tokens(client: httpx.AsyncClient, for
 
 
 async def test_key_headers_never_choose_the_key(client: httpx.AsyncClient, forge: Forge) -> None:
-    """A `kid`/`jku` header on a token signed with the right key is simply ignored."""
-    header = forge.header(kid="someone-else", jku="https://evil.example/jwks.json")
+    """`jku`/`x5u`/`jwk` headers on a token signed with the right key are simply ignored: only
+    the `kid`, among the service's own keys, picks one."""
+    header = forge.header(
+        jku="https://evil.example/jwks.json",
+        x5u="https://evil.example/cert.pem",
+        jwk=public_jwk(forge.attacker_key, ALGORITHM),
+    )
     assert (await me(client, forge.token(header=header))).status_code == 200
+
+
+async def test_tokens_of_the_previous_key_are_accepted(
+    client: httpx.AsyncClient, forge: Forge
+) -> None:
+    """A token signed with the previous key (RS/ES: `<public>.previous.pem`; HS256:
+    APP_JWT_PREVIOUS_SECRETS) and naming it is accepted until it expires."""
+    header = forge.header(kid=forge.previous_kid)
+    token = forge.token(header=header, sign=key_signer(forge.previous_key, ALGORITHM))
+    assert (await me(client, token)).status_code == 200
+
+
+async def test_the_previous_key_never_signs(
+    client: httpx.AsyncClient, settings: Settings, forge: Forge
+) -> None:
+    """New tokens carry the current key's `kid`, whatever previous keys are configured."""
+    token = (await login(client, "alice"))["access_token"]
+    assert jwt.get_unverified_header(token)["kid"] == forge.kid != forge.previous_kid
 
 
 async def test_issued_tokens_carry_exactly_the_contract_claims(
@@ -409,7 +516,8 @@ async def test_issued_tokens_carry_exactly_the_contract_claims(
     """It issues `typ: at+jwt` and the claims iss aud sub sid jti iat exp scope, nothing more."""
     add_user(settings, "bob", scopes=["write", "read"])
     token = (await login(client, "bob"))["access_token"]
-    assert jwt.get_unverified_header(token) == {"alg": ALGORITHM, "typ": "at+jwt"}
+    assert set(jwt.get_unverified_header(token)) == {"alg", "typ", "kid"}
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
     claims = jwt.get_unverified_claims(token)
     assert set(claims) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "scope"}
     assert claims["scope"] == "read write"
