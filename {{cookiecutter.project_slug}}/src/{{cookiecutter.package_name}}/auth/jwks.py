@@ -70,7 +70,7 @@ class RemoteKeys:
         self._client: httpx.AsyncClient | None = None  # made in start(), closed in close()
         self._keys: dict[str, Key] = {}  # replaced whole, never added to
         self._fetching: asyncio.Task[bool] | None = None
-        self._last_fetch_started = -UNKNOWN_KID_INTERVAL_SECONDS  # time.monotonic()
+        self._last_kid_fetch = float("-inf")  # time.monotonic() of the last one for a kid
         self._refresh_seconds = DEFAULT_REFRESH_SECONDS
         self._failures = 0
         self._background: asyncio.Task[None] | None = None
@@ -110,16 +110,16 @@ class RemoteKeys:
         last `UNKNOWN_KID_INTERVAL_SECONDS`; a request beyond that gate returns at once.
         """
         if self._fetching is None:
-            since = time.monotonic() - self._last_fetch_started
-            if since < UNKNOWN_KID_INTERVAL_SECONDS:
+            now = time.monotonic()
+            if now - self._last_kid_fetch < UNKNOWN_KID_INTERVAL_SECONDS:
                 return False
+            self._last_kid_fetch = now
         return await self._fetch_shared()
 
     async def _fetch_shared(self) -> bool:
         """Run one fetch, or join the one running. The fetch is a task of its own, shielded,
         so a request that gives up (its client went away) does not cancel it for the others."""
         if self._fetching is None:
-            self._last_fetch_started = time.monotonic()
             self._fetching = asyncio.create_task(self._fetch(), name="jwks-fetch")
             self._fetching.add_done_callback(self._fetch_done)
         return await asyncio.shield(self._fetching)
