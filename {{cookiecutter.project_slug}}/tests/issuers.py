@@ -7,8 +7,10 @@ whatever algorithm the project was generated with.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +82,29 @@ def claims_for(
         **changes,
     }
     return {name: value for name, value in claims.items() if value is not None}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def with_kid(token: str, kid: str) -> str:
+    """The token with another `kid` in its header (the signature no longer matches either)."""
+    header = base64.urlsafe_b64decode(token.split(".")[0] + "==").decode()
+    header = header.replace('"kid":"', f'"kid":"{kid}","x-was":"', 1)
+    return b64(header.encode()) + token[token.index(".") :]
+
+
+def random_kid_tokens(token: str, count: int) -> Iterator[str]:
+    """The token under `count` different kids nobody published (no signing needed: with an
+    unknown kid the signature is never looked at)."""
+    for _ in range(count):
+        yield with_kid(token, secrets.token_urlsafe(24))
+
+
+def bad_signature_tokens(token: str, count: int) -> Iterator[str]:
+    """The token, right kid, with `count` different signatures of the right length."""
+    head, _, signature = token.rpartition(".")
+    size = len(base64.urlsafe_b64decode(signature + "=="))
+    for _ in range(count):
+        yield f"{head}.{b64(secrets.token_bytes(size))}"

@@ -9,7 +9,6 @@ real issuing service (`serve`) are in test_remote_processes.py.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import secrets
@@ -32,7 +31,15 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
 from .helpers import assert_invalid_token, bearer
-from .issuers import REMOTE_ALGORITHMS, SigningKey, claims_for, new_signing_key
+from .issuers import (
+    REMOTE_ALGORITHMS,
+    SigningKey,
+    bad_signature_tokens,
+    claims_for,
+    new_signing_key,
+    random_kid_tokens,
+    with_kid,
+)
 from .jwks_server import KeyServer
 
 pytestmark = pytest.mark.anyio
@@ -123,17 +130,6 @@ async def session_token(state: Any, key: SigningKey, settings: Settings, sub: st
     that logged `sub` in would have made)."""
     session = await state.sessions.create(sub, frozenset({"read"}))
     return key.sign(claims_for(settings, sub, session.sid))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def with_kid(token: str, kid: str) -> str:
-    """The token with another `kid` in its header (the signature no longer matches either)."""
-    header = base64.urlsafe_b64decode(token.split(".")[0] + "==").decode()
-    header = header.replace('"kid":"', f'"kid":"{kid}","x-was":"', 1)
-    return b64(header.encode()) + token[token.index(".") :]
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -509,3 +505,40 @@ async def test_oidc_discovery_finds_the_keys_and_checks_the_issuer(
     key_server.issuer = "https://impostor.example"  # a document naming another issuer
     async with remote_client(settings) as (_, client):
         assert (await client.get("/health/ready")).status_code == 503
+
+
+# Boundedness
+
+FLOOD = 20_000  # tokens of each kind
+BATCH = 500  # requests in flight together
+
+
+async def test_a_flood_of_unknown_kids_and_bad_signatures_costs_one_fetch_per_30_s(
+    remote_settings: Build, key_server: KeyServer, issuer_key: SigningKey
+) -> None:
+    """20,000 tokens with random kids and 20,000 with the right kid and bad signatures, many in
+    flight at once: every one 401, and the issuer sees at most one fetch per 30 s after the
+    first (counted at the key endpoint), plus the startup fetch."""
+    key_server.cache_control = "max-age=86400"  # no background refresh during the flood
+    key_server.start()
+    settings = remote_settings(jwt_require_session=False)
+    async with remote_client(settings) as (_, client):
+        started = time.monotonic()
+        token = issuer_key.sign(claims_for(settings, "flooder"))
+        for tokens in (random_kid_tokens(token, FLOOD), bad_signature_tokens(token, FLOOD)):
+            batch: list[str] = []
+            for forged in tokens:
+                batch.append(forged)
+                if len(batch) == BATCH:
+                    await all_refused(client, batch)
+                    batch.clear()
+        elapsed = time.monotonic() - started
+        assert (await client.get("/me", headers=bearer(token))).status_code == 200
+    allowed = 1 + 1 + int(elapsed // jwks.UNKNOWN_KID_INTERVAL_SECONDS)
+    assert 2 <= key_server.fetches() <= allowed, (key_server.fetches(), elapsed)
+
+
+async def all_refused(client: httpx.AsyncClient, tokens: list[str]) -> None:
+    responses = await asyncio.gather(*(client.get("/me", headers=bearer(t)) for t in tokens))
+    statuses = {response.status_code for response in responses}
+    assert statuses == {401}, statuses
