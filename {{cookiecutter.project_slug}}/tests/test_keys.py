@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from .conftest import make_settings, running
 from .helpers import add_user, login, me
 from .keys import expected_kid, rfc7638_thumbprint, write_key_pair
+from .redis_server import free_port
 from .test_processes import environment_for, kill, start_service, wait_until_ready
 
 pytestmark = pytest.mark.anyio
@@ -147,6 +148,31 @@ def test_rotate_keys_without_its_key_files_says_so(
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: APP_JWT_PRIVATE_KEY_FILE: cannot read")
     assert not list(tmp_path.glob("*.pem"))  # nothing written
+
+
+@pytest.mark.skipif(HMAC, reason="RS256/ES256 only")
+def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
+    settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    """A half-finished copy of a rotated pair would sign tokens it then refuses: it stops
+    `serve` with one line instead."""
+    mine = write_key_pair(ALGORITHM, tmp_path)
+    (tmp_path / "other").mkdir()
+    other = write_key_pair(ALGORITHM, tmp_path / "other")
+    mixed = {"private": mine["private"], "public": other["public"]}
+    result = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(free_port())],
+        env=environment_for(settings, redis_url, mixed),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: JWT keys: APP_JWT_PUBLIC_KEY_FILE")
+    assert "is not the public key of APP_JWT_PRIVATE_KEY_FILE" in line
 
 
 @pytest.mark.skipif(HMAC, reason="RS256/ES256 only")

@@ -144,6 +144,38 @@ def test_a_rejected_secret_is_never_echoed(build: Build) -> None:
     text = describe(caught.value)
     assert "APP_JWT_SECRET" in text
     assert rejected not in text
+
+
+def test_previous_secrets_are_comma_separated(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APP_JWT_PREVIOUS_SECRETS holds the secrets a rotation replaced, comma-separated."""
+    monkeypatch.setenv("APP_JWT_PREVIOUS_SECRETS", f"{STRONG_SECRET}a, {STRONG_SECRET}b,")
+    previous = build().jwt_previous_secrets
+    assert [secret.get_secret_value() for secret in previous] == [
+        f"{STRONG_SECRET}a",
+        f"{STRONG_SECRET}b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environment", "secret", "message"),
+    [
+        ("development", "change-me-to-a-long-random-secret", "is a placeholder"),
+        ("production", "short-but-random-Zx81", "is shorter than 32 bytes"),
+        ("production", "my-own-secret-for-this-laptop-Zx81-q7Vt0cPz", "looks like a placeholder"),
+    ],
+)
+def test_previous_secrets_are_checked_like_the_secret(
+    build: Build, environment: str, secret: str, message: str
+) -> None:
+    """They still verify tokens, so a weak one is as dangerous as a weak current secret; the
+    error names the variable and never echoes the value."""
+    with pytest.raises(ValidationError) as caught:
+        build(environment=environment, jwt_previous_secrets=[STRONG_SECRET, secret])
+    text = describe(caught.value)
+    assert text.startswith(f"error: APP_JWT_PREVIOUS_SECRETS {message}")
+    assert secret not in text
 {%- else -%}
 def test_key_files_are_required(build: Build, tmp_path: Path) -> None:
     """{{ cookiecutter.jwt_algorithm }} does not start without both key files."""

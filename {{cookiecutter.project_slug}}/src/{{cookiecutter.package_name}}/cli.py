@@ -69,10 +69,28 @@ def served_app() -> FastAPI:
     return app
 
 
+def key_problem(settings: Settings) -> str | None:
+    """Why the token keys cannot be loaded, in one line; checked before the workers start, which
+    would otherwise each print a traceback. The message names files, never key material."""
+    from jose.exceptions import JOSEError
+
+    from .auth.keys import load_key_set
+
+    try:
+        load_key_set(settings)
+    except (JOSEError, ValueError, OSError) as error:
+        return f"JWT keys: {error}"
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
     from .server import BoundedHttpToolsProtocol
 
     settings = load_settings()
+    problem = key_problem(settings)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # Process managers (Docker, systemd, Kubernetes) read status 0 as a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
     uvicorn.run(
