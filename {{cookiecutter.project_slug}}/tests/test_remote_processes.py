@@ -83,6 +83,8 @@ def pair(
     finally:
         for service in services:
             kill(service)
+            if service.process.stdout is not None:  # already closed unless it exited early
+                service.process.stdout.close()
         delete_keys(redis_url, settings.redis_key_prefix)
 
 
