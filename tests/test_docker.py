@@ -12,6 +12,7 @@ saying what is missing.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -339,6 +340,78 @@ def test_a_key_the_app_cannot_read_is_one_line_at_startup(stack: Stack) -> None:
         "error: APP_JWT_PRIVATE_KEY_FILE: cannot read keys/jwt-private.pem: Permission denied "
         f"(this process runs as uid {APP_UID})"
     ]
+
+
+def token_kid(token: str) -> str:
+    header = token.split(".")[0]
+    kid: str = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+    return kid
+
+
+def published_kids(stack: Stack) -> list[str]:
+    response = httpx.get(f"{stack.base_url}/.well-known/jwks.json", timeout=30)
+    assert response.status_code == 200, response.text
+    return [key["kid"] for key in response.json()["keys"]]
+
+
+def me_status(stack: Stack, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.get(f"{stack.base_url}/me", headers=headers, timeout=30).status_code
+
+
+def reload_keys(stack: Stack) -> None:
+    """What the README says to do after changing keys/: `up -d` copies, `restart app` loads."""
+    stack.run("up", "-d")
+    stack.run("restart", "app")
+    stack.wait_until_healthy()
+
+
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "ES256"}, "compose.yaml")], ids=["ES256"], indirect=True
+)
+def test_rotated_keys_reach_the_app_through_the_keys_step(stack: Stack) -> None:
+    """`rotate-keys` run as the owner of keys/ (from the app's image), then `up -d` and
+    `restart app`: the previous public key reaches the app (0400, its uid), its tokens still
+    work, new tokens carry the new kid, the JWKS lists both. Removing the previous file and
+    reloading again revokes it: the `keys` step drops the stale copy from the volume."""
+    stack.bake_as_an_ordinary_user()
+    stack.run("build")
+    stack.run("up", "-d")
+    stack.wait_until_healthy()
+    stack.create_user("alice", "read")
+    old_token = stack.login("alice").json()["access_token"]
+    old_kid = token_kid(old_token)
+    assert published_kids(stack) == [old_kid]
+
+    keys = stack.project / "keys"
+    owner = keys.stat()
+    image = yaml.safe_load((stack.project / "compose.yaml").read_text())["services"]["app"]["image"]
+    rotated = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--user", f"{owner.st_uid}:{owner.st_gid}",
+         "--volume", f"{keys}:/keys", "--env", "APP_JWT_PRIVATE_KEY_FILE=/keys/jwt-private.pem",
+         "--env", "APP_JWT_PUBLIC_KEY_FILE=/keys/jwt-public.pem",
+         image, "python", "-m", stack.package, "rotate-keys"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert (keys / "jwt-private.pem").stat().st_mode & 0o777 == 0o600
+
+    reload_keys(stack)
+    assert me_status(stack, old_token) == 200
+    new_token = stack.login("alice").json()["access_token"]
+    new_kid = token_kid(new_token)
+    assert new_kid != old_kid
+    assert published_kids(stack) == [new_kid, old_kid]
+    copied = stack.run(
+        "exec", "-T", "app", "stat", "-c", "%a %u", "/app/keys/jwt-public.previous.pem"
+    )
+    assert copied.stdout.split() == ["400", APP_UID]
+
+    (keys / "jwt-public.previous.pem").unlink()
+    reload_keys(stack)
+    assert published_kids(stack) == [new_kid]
+    assert me_status(stack, old_token) == 401
+    assert me_status(stack, new_token) == 200
 
 
 def buildkit_client() -> str | None:

@@ -6,6 +6,8 @@ service's code; the rotation test drives the real CLI and restarts a real `serve
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from jose import jwt
 
 from {{ cookiecutter.package_name }}.auth.keys import thumbprint
+from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -68,6 +71,28 @@ async def test_every_token_names_its_key(
     assert refreshed.status_code == 200, refreshed.text
     for token in (pair["access_token"], refreshed.json()["access_token"]):
         assert jwt.get_unverified_header(token)["kid"] == own_kid(settings, key_files)
+
+
+def test_the_verifier_reports_an_unknown_kid_apart(settings: Settings) -> None:
+    """`verify` tells a token naming a key it does not hold (`UnknownKey`, so a verifier of
+    remote keys can refresh once) from a plainly bad one (None); a kid that is not a short
+    printable string is never reported."""
+    app = create_app(settings)
+    issued = app.state.token_issuer.issue("alice", "A" * 22, ["read"]).token
+    verifier = app.state.token_verifier
+    assert isinstance(verifier.verify(issued), Principal)
+    _, payload, signature = issued.split(".")
+
+    def with_kid(kid: object, alg: str = ALGORITHM) -> str:
+        fields = {"alg": alg, "typ": "at+jwt", "kid": kid}
+        text = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+        return f"{text}.{payload}.{signature}"
+
+    assert verifier.verify(with_kid("rotated-away")) == UnknownKey("rotated-away")
+    assert verifier.verify(with_kid("k" * 129)) is None
+    assert verifier.verify(with_kid("a kid")) is None  # not printable ASCII without spaces
+    assert verifier.verify(with_kid(7)) is None
+    assert verifier.verify(with_kid("rotated-away", alg="none")) is None
 
 
 @pytest.mark.skipif(not HMAC, reason="HS256 publishes no keys")

@@ -40,6 +40,7 @@ class KeySetDocument(BaseModel):
     "/.well-known/jwks.json",
     response_model=KeySetDocument,
     response_model_exclude_none=True,
+    summary="Public keys (JWK Set)",
     responses={200: {"headers": {"Cache-Control": {"schema": {"type": "string"}}}}},
 )
 async def jwks(request: Request) -> Response:

@@ -33,7 +33,7 @@ RSA_KEY_BITS = 3072  # as the project's first key pair, made when it was generat
 # The members RFC 7638 (section 3.2) hashes for each key type, and the public members a JWKS
 # may carry. Nothing else from a key's dictionary is ever published.
 THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
-KID_LENGTH = 22  # characters of base64url: 132 bits, no collision between a service's secrets
+KID_LENGTH = 22  # characters of base64url (132 bits) for an HMAC secret's kid
 
 
 class KeyLookup(Protocol):
@@ -56,19 +56,21 @@ def thumbprint(public: Mapping[str, Any]) -> str:
 def secret_kid(secret: str) -> str:
     """The `kid` of an HMAC secret: base64url of HMAC-SHA256(secret, "kid"), 22 characters.
 
-    Why not a hash of the secret, or a counter: a plain SHA-256 of the secret would be a second,
-    unkeyed function of it, and a counter says nothing when a secret is replaced out of order.
-    An HMAC output under the secret is what every token already carries as its signature, so
-    this `kid` tells an observer nothing a single token does not. Its message, "kid", contains
-    no "." and so is never a JWS signing input: the `kid` is never a valid signature of anything.
+    Every token already shows an HMAC-SHA256 output under this secret (its signature); one more,
+    over a fixed message, tells an observer nothing new, and no more help in guessing the secret
+    than any single token gives. A plain SHA-256 of the secret would be an unkeyed value another
+    system might also derive from the same secret (as a key or an id); this one is specific to
+    this use. The message has no ".", so it is never a JWS signing input: a `kid` can never be
+    passed off as a signature. 22 characters (132 bits) tell a service's few secrets apart.
     """
     digest = hmac.new(secret.encode("utf-8"), b"kid", hashlib.sha256).digest()
     return b64url(digest)[:KID_LENGTH]
 
 
 def previous_public_key_file(public_file: Path) -> Path:
-    """Where the public key replaced by the last rotation is kept: `jwt-public.previous.pem`."""
-    return public_file.with_name(f"{public_file.stem}.previous{public_file.suffix or '.pem'}")
+    """Where the public key replaced by the last rotation is kept: `<stem>.previous.pem` beside
+    the current one (`jwt-public.previous.pem` for `jwt-public.pem`)."""
+    return public_file.with_name(f"{public_file.stem}.previous.pem")
 
 
 def public_jwk(key: Key, kid: str, algorithm: str) -> dict[str, Any]:
@@ -93,7 +95,9 @@ class KeySet:
         self._verification_keys = dict(verification_keys)
         # RS256/ES256: serialized once here, since every request for it gets the same bytes.
         self._jwks = None if published is None else {"keys": published}
-        self.jwks_json = None if published is None else json.dumps(self._jwks).encode("utf-8")
+        self.jwks_json = (
+            None if published is None else json.dumps(self._jwks, separators=(",", ":")).encode()
+        )
 
     def verification_key(self, kid: str) -> Key | None:
         return self._verification_keys.get(kid)
@@ -168,7 +172,10 @@ def write_atomically(path: Path, text: str, mode: int) -> None:
     readable by others, not even for a moment) in the same directory, so the rename is atomic.
     """
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as error:  # name the directory, not a temporary file the user never saw
+        raise OSError(error.errno, error.strerror, str(path.parent)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
