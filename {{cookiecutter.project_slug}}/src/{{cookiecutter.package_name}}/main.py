@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
                 await per_request.aclose()
             await close_redis(redis)
 
-    app = FastAPI(title="Auth Service", lifespan=lifespan)
+    app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
