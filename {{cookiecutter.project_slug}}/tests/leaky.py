@@ -8,11 +8,13 @@ the detector to fail here; if it ever passes, the memory test has stopped biting
 
 The leak is added as pure ASGI middleware, so the routes, the answers and the workload are
 exactly those of the real service; only the retention differs. Call `forget_payloads()` after
-each use so the leak cannot outlive the test that wanted it.
+each use so the leak cannot outlive the test that wanted it. `create_leaky_remote_app` is the
+same idea for a remote issuer's keys: a cache keyed by every `kid` a token names.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,6 +22,8 @@ from jose import jwt
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from {{ cookiecutter.package_name }}.auth.remote import RemoteTokenVerifier
+from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -69,5 +73,28 @@ def create_leaky_app(settings: Settings) -> FastAPI:
     return app
 
 
+# The second leak: a JWKS client's "negative cache", one entry per unknown kid ever seen.
+UNKNOWN_KIDS: dict[str, float] = {}
+
+
+class RememberUnknownKids(RemoteTokenVerifier):
+    """Remembers every `kid` it could not find, to skip the lookup next time. This is the bug:
+    the kids are chosen by whoever sends a token, so the dict grows with what attackers send."""
+
+    def verify(self, token: str) -> Principal | UnknownKey | None:
+        result = super().verify(token)
+        if isinstance(result, UnknownKey):
+            UNKNOWN_KIDS[result.kid] = time.monotonic()
+        return result
+
+
+def create_leaky_remote_app(settings: Settings) -> FastAPI:
+    """The real remote-mode app, with a kid-keyed cache in its verifier."""
+    app = create_app(settings)
+    app.state.token_verifier = RememberUnknownKids(settings, app.state.remote_keys)
+    return app
+
+
 def forget_payloads() -> None:
     PAYLOADS.clear()
+    UNKNOWN_KIDS.clear()

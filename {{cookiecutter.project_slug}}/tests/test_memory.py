@@ -6,7 +6,8 @@ session is gone, forged ones and malformed ones, with logins, refreshes and logo
 It requires traced memory to stay flat from round to round (see `memory.py`); rounds are kept
 small because tracing makes every allocation several times slower. The canary runs the same
 workload and the same rule on an app with the tutorial leak (`leaky.py`) and requires the rule
-to fail there.
+to fail there. The same pair runs for a remote issuer's keys (unknown kids and bad signatures
+by the hundred a round) with a canary that caches every kid it is asked about.
 
 The Redis side requires a TTL on every key, no key written by a rejected request, and a per-user
 session index that stays at its cap however often the user logs in.
@@ -32,7 +33,21 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
 from .helpers import add_user, bearer, login
-from .leaky import PAYLOADS, create_leaky_app, forget_payloads
+from .issuers import (
+    SigningKey,
+    bad_signature_tokens,
+    claims_for,
+    new_signing_key,
+    random_kid_tokens,
+)
+from .jwks_server import KeyServer
+from .leaky import (
+    PAYLOADS,
+    UNKNOWN_KIDS,
+    create_leaky_app,
+    create_leaky_remote_app,
+    forget_payloads,
+)
 from .memory import Rounds, assert_bounded, measure
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +101,7 @@ def memory_settings(settings_for: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture(autouse=True)
 def no_leftover_leak() -> Iterator[None]:
-    """The leaky app's dict is emptied around every test, so its leak stays in the canary."""
+    """The leaky apps' dicts are emptied around every test, so their leaks stay in the canaries."""
     forget_payloads()
     yield
     forget_payloads()
@@ -215,6 +230,88 @@ async def test_canary_the_detector_catches_payloads_kept_by_subject(
     with pytest.raises(AssertionError, match="memory grows with the workload"):
         assert_bounded(rounds, GROWTH_BOUND_BYTES)
     # Not a near miss: a leak several times smaller would still be caught.
+    assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
+
+
+REMOTE_FORGED_PER_ROUND = 300  # of each kind: unknown kids, and the right kid badly signed
+REMOTE_SUBJECTS_PER_ROUND = 20
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeyServer]:
+    server = KeyServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RemoteWorkload:
+    """One round against a remote-mode app: tokens naming fresh random kids, tokens with the
+    right kid and fresh bad signatures (all 401), and valid tokens of fresh subjects (200).
+    Anything kept per kid, per token or per subject grows from round to round."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, key: SigningKey) -> None:
+        self.client = client
+        self.settings = settings
+        self.key = key
+
+    async def __call__(self, number: int) -> int:
+        subjects = [f"remote-{number}-{index}" for index in range(REMOTE_SUBJECTS_PER_ROUND)]
+        for sub in subjects:
+            await self.get_me(self.key.sign(claims_for(self.settings, sub)), 200)
+        token = self.key.sign(claims_for(self.settings, subjects[0]))
+        for forged in random_kid_tokens(token, REMOTE_FORGED_PER_ROUND):
+            await self.get_me(forged, 401)
+        for forged in bad_signature_tokens(token, REMOTE_FORGED_PER_ROUND):
+            await self.get_me(forged, 401)
+        return REMOTE_SUBJECTS_PER_ROUND + 2 * REMOTE_FORGED_PER_ROUND
+
+    async def get_me(self, token: str, status: int) -> None:
+        response = await self.client.get("/me", headers=bearer(token))
+        assert response.status_code == status, response.text
+
+
+async def measure_remote_app(
+    create: Callable[[Settings], FastAPI], settings_for: Callable[..., Settings], server: KeyServer
+) -> Rounds:
+    """Rounds of `RemoteWorkload` on a remote-mode app built by `create` (RS256, keys made here;
+    the remote side of the service is the same code in every bake)."""
+    key = new_signing_key("RS256")
+    server.serve(key.jwk())
+    server.cache_control = "max-age=86400"  # no background refresh in the middle of a round
+    server.start()
+    settings = settings_for(
+        jwt_algorithm="RS256",
+        jwt_jwks_url=server.jwks_url,
+        jwt_require_session=False,
+        jwt_secret=None,
+        jwt_private_key_file=None,
+        jwt_public_key_file=None,
+    )
+    async with running(create(settings)) as client:
+        return await measure(RemoteWorkload(client, settings, key), not_counted=[__file__])
+
+
+async def test_remote_key_set_memory_stays_flat_under_forged_kids(
+    settings_for: Callable[..., Settings], key_server: KeyServer
+) -> None:
+    """Hundreds of unknown kids and bad signatures a round: the key set is what the issuer
+    published, nothing more, and nothing is kept per kid."""
+    rounds = await measure_remote_app(create_app, settings_for, key_server)
+    print(rounds.describe())
+    assert_bounded(rounds, GROWTH_BOUND_BYTES)
+
+
+async def test_canary_the_detector_catches_a_cache_keyed_by_kid(
+    settings_for: Callable[..., Settings], key_server: KeyServer
+) -> None:
+    """The same workload on a verifier that remembers every unknown kid must fail the rule."""
+    rounds = await measure_remote_app(create_leaky_remote_app, settings_for, key_server)
+    print(rounds.describe())
+    assert UNKNOWN_KIDS, "the leaky verifier kept nothing: the canary exercised no leak"
+    with pytest.raises(AssertionError, match="memory grows with the workload"):
+        assert_bounded(rounds, GROWTH_BOUND_BYTES)
     assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
 
 

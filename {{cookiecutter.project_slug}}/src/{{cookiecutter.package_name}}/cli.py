@@ -76,6 +76,8 @@ def key_problem(settings: Settings) -> str | None:
 
     from .auth.keys import load_key_set
 
+    if settings.remote_issuer:  # no keys of its own: it fetches the issuer's once running
+        return None
     try:
         load_key_set(settings)
     except (JOSEError, ValueError, OSError) as error:

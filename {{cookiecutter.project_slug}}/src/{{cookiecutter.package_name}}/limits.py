@@ -7,7 +7,8 @@ address (see `network.client_address`) and, for login, also on the attempted acc
 Keys (prefix `p`): `p:{login}:client:<address>` and `p:{login}:account:<digest>` share one hash
 tag, so one script takes from both atomically (on Redis Cluster they live on one node; login
 traffic is small next to authenticated traffic). Public-route buckets are
-`p:{client:<address>}:<policy>`. Every key expires as soon as it no longer limits.
+`p:{client:<address>}:<policy>`; a remote issuer's subjects without a session here,
+`p:{sub:<digest>}:<policy>`. Every key expires as soon as it no longer limits.
 
 A login attempt is taken from both buckets before the password is checked, so a refused attempt
 costs no hashing and attempts running at the same time can never exceed the limit. A successful
@@ -74,6 +75,13 @@ class Limiter:
     async def client_request(self, client: str, rate: Rate, policy: str) -> Decision:
         """Take one request from the client's bucket for `policy`."""
         key = f"{self._prefix}:{hash_tag('client:' + client)}:{policy}"
+        return await self._run_or_fail_open(self._take, [key], rate)
+
+    async def subject_request(self, sub: str, rate: Rate, policy: str) -> Decision:
+        """Take one request from the bucket of a remote issuer's subject, for `policy`."""
+        # Keyed by a digest: a remote `sub` is any text its issuer chose, and a key name is not.
+        subject = hashlib.sha256(sub.encode()).hexdigest()[:32]
+        key = f"{self._prefix}:{hash_tag('sub:' + subject)}:{policy}"
         return await self._run_or_fail_open(self._take, [key], rate)
 
     def _login_keys(self, client: str, username: str) -> list[str]:

@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from .api import health, jwks, me
 from .auth import routes as auth_routes
+from .auth.jwks import RemoteKeys
 from .auth.keys import load_key_set
 from .auth.passwords import PasswordChecker, password_hasher
+from .auth.remote import RemoteTokenVerifier
 from .auth.sessions import SessionStore
 from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
@@ -25,7 +27,8 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     """Build the app; its Redis clients open when it starts and close when it stops.
 
     Keys are read and the dummy password hash is made here, once. `users` replaces the
-    file-backed user store (see `UserStore`).
+    file-backed user store (see `UserStore`). With APP_JWT_JWKS_URL or APP_OIDC_ISSUER set,
+    the app verifies another issuer's tokens instead (see `auth/jwks.py`).
 
     `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory` works too (settings then
     come from the environment and `.env`).
@@ -41,9 +44,13 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         app.state.outage = outage
         app.state.sessions = SessionStore(redis, settings, per_request)
         app.state.limiter = Limiter(per_request or redis, settings, outage)
+        if remote_keys is not None:
+            await remote_keys.start()  # not ready until the issuer's keys are here
         try:
             yield
         finally:
+            if remote_keys is not None:
+                await remote_keys.close()
             await outage.close()
             if per_request is not None:
                 await per_request.aclose()
@@ -51,14 +58,24 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
     app.state.settings = settings
-    app.state.keys = load_key_set(settings)
-    app.state.token_issuer, app.state.token_verifier = create_token_pair(settings, app.state.keys)
-    app.state.password_checker = PasswordChecker(password_hasher(settings))
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
     app.include_router(health.router)
-    if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
-        app.include_router(jwks.router)
-    app.include_router(auth_routes.router)
+    remote_keys = None
+    if settings.remote_issuer:
+        # Another service or an identity provider issues the tokens: we only verify them, with
+        # the keys it publishes. No keys of our own, so no login, no refresh, no JWKS here.
+        remote_keys = RemoteKeys(settings)
+        app.state.remote_keys = remote_keys
+        app.state.token_verifier = RemoteTokenVerifier(settings, remote_keys)
+    else:
+        app.state.keys = load_key_set(settings)
+        app.state.token_issuer, app.state.token_verifier = create_token_pair(
+            settings, app.state.keys
+        )
+        app.state.password_checker = PasswordChecker(password_hasher(settings))
+        if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
+            app.include_router(jwks.router)
+        app.include_router(auth_routes.router)
     app.include_router(me.router)
     return app

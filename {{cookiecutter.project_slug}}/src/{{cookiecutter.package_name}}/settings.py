@@ -24,6 +24,7 @@ MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 751
 PLACEHOLDERS = ("change-me", "changeme", "placeholder")
 # What else makes a production secret look hand-written rather than random.
 WEAK_MARKERS = ("secret", "example")
+URL_PATTERN = r"^https?://[^\s]+$"
 
 
 class Settings(BaseSettings):
@@ -50,6 +51,13 @@ class Settings(BaseSettings):
     jwt_issuer: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
     jwt_audience: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
     access_token_ttl_seconds: int = Field(default={{ cookiecutter.access_token_ttl_seconds }}, gt=0)
+    # Remote issuer (resource-server mode): tokens come from another service or an identity
+    # provider, verified with the keys it publishes. Setting either one turns the mode on.
+    jwt_jwks_url: str | None = Field(default=None, pattern=URL_PATTERN)
+    oidc_issuer: str | None = Field(default=None, pattern=URL_PATTERN)
+    jwt_jwks_timeout_seconds: float = Field(default=5, gt=0, le=60)  # connect, and each read
+    # Remote mode: each token names a session (`sid`) in the shared Redis that must be alive.
+    jwt_require_session: bool = True
 
     session_idle_ttl_seconds: int = Field(default=1800, gt=0)
     session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
@@ -92,6 +100,25 @@ class Settings(BaseSettings):
             return tuple(part for part in value.replace(",", " ").split() if part)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _issuer_from_discovery(cls, values: object) -> object:
+        """With APP_OIDC_ISSUER, tokens must name that issuer: it is the expected `iss` unless
+        APP_JWT_ISSUER says otherwise (an identity provider writes its issuer URL there)."""
+        if isinstance(values, dict) and values.get("oidc_issuer") and not values.get("jwt_issuer"):
+            return {**values, "jwt_issuer": values["oidc_issuer"]}
+        return values
+
+    @property
+    def remote_issuer(self) -> bool:
+        """Tokens come from elsewhere: no signing keys here, no `/auth/*` routes."""
+        return bool(self.jwt_jwks_url or self.oidc_issuer)
+
+    @property
+    def checks_sessions(self) -> bool:
+        """Every request checks the token's session in Redis (always, for our own tokens)."""
+        return self.jwt_require_session or not self.remote_issuer
+
     @model_validator(mode="after")
     def _check_keys(self) -> Self:
         if is_placeholder(redis_password(self.redis_url)):
@@ -99,7 +126,9 @@ class Settings(BaseSettings):
                 "APP_REDIS_URL: its password is a placeholder from .env.example; use a random one "
                 "(with compose: REDIS_PASSWORD in .env)"
             )
-        if self.jwt_algorithm.startswith("HS"):
+        if self.remote_issuer:
+            self._check_remote()
+        elif self.jwt_algorithm.startswith("HS"):
             self._check_secret()
         else:
             self._check_key_files()
@@ -110,6 +139,16 @@ class Settings(BaseSettings):
         if self.argon2_memory_kib < 8 * self.argon2_parallelism:
             raise ValueError("APP_ARGON2_MEMORY_KIB must be at least 8 x APP_ARGON2_PARALLELISM")
         return self
+
+    def _check_remote(self) -> None:
+        if self.jwt_jwks_url and self.oidc_issuer:
+            raise ValueError("set APP_JWT_JWKS_URL or APP_OIDC_ISSUER, not both")
+        if self.jwt_algorithm.startswith("HS"):
+            # A shared secret is not a public key: anyone able to verify could also sign.
+            raise ValueError(
+                f"APP_JWT_ALGORITHM: {self.jwt_algorithm} cannot verify a remote issuer's tokens; "
+                "use RS256 or ES256 with APP_JWT_JWKS_URL or APP_OIDC_ISSUER"
+            )
 
     def _check_secret(self) -> None:
         if self.jwt_secret is None or not self.jwt_secret.get_secret_value():

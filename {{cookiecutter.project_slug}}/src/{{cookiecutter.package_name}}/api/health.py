@@ -19,8 +19,12 @@ async def live() -> Response:
 
 @router.get("/ready", responses=errors.responses(503))
 async def ready(request: Request) -> Response:
-    """Ready to serve: Redis answers PING within the configured timeout."""
+    """Ready to serve: Redis answers PING within the configured timeout (and, verifying a
+    remote issuer's tokens, its keys have been fetched)."""
     state = request.app.state
+    remote_keys = getattr(state, "remote_keys", None)
+    if remote_keys is not None and not remote_keys.ready:
+        return errors.service_unavailable()
     if await is_ready(state.redis, state.settings.redis_timeout_seconds):
         return JSONResponse({"status": "ok"})
     return errors.service_unavailable()

@@ -17,7 +17,8 @@ from starlette.requests import HTTPConnection
 from .. import errors
 from ..limits import check_policy_name, enforce
 from ..ratelimit import DEFAULT_POLICY, Rate
-from .tokens import MAX_TOKEN_BYTES, Principal
+from .remote import verify_with_fresh_keys
+from .tokens import MAX_TOKEN_BYTES, Principal, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 
@@ -62,14 +63,20 @@ class Authenticated(OAuth2PasswordBearer):
         if token is None:
             raise errors.not_authenticated()
         state = request.app.state
-        # None and `UnknownKey` (a `kid` this service does not hold) are both simply invalid.
+        # None and `UnknownKey` (a `kid` this service does not hold) are both simply invalid,
+        # unless a remote issuer has published that key since we last fetched its keys.
         principal = state.token_verifier.verify(token) if token else None
+        if isinstance(principal, UnknownKey):
+            principal = await verify_with_fresh_keys(state.token_verifier, token)
         if not isinstance(principal, Principal):
             raise errors.invalid_token()
         rate = self._rate or state.settings.rate_limit
-        # One Redis call: the session is alive (logout, logout-all and refresh-token reuse end
-        # it) and the user may make one more request under `rate`.
-        decision = await state.sessions.admit(principal.sub, principal.sid, rate, self._policy)
+        if state.settings.checks_sessions:
+            # One Redis call: the session is alive (logout, logout-all and refresh-token reuse
+            # end it) and the user may make one more request under `rate`.
+            decision = await state.sessions.admit(principal.sub, principal.sid, rate, self._policy)
+        else:  # a remote issuer's token without a session here: the rate limit is the call
+            decision = await state.limiter.subject_request(principal.sub, rate, self._policy)
         if decision is None:
             raise errors.invalid_token()
         enforce(decision, rate, self._policy, response)
