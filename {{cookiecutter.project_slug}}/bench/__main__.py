@@ -4,6 +4,7 @@
     python -m bench --soak           # a long run over many tokens; RSS after warm-up and at the end
     python -m bench --stock          # also the same app under stock uvicorn: what serve's
                                      # header/body limits and log format cost per request
+    python -m bench --against SRC    # also serve from another copy of src/ (an older commit)
 
 It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
 throwaway redis-server; creates a user; gets many distinct access tokens (a few logins, then
@@ -99,6 +100,7 @@ def redis_url() -> Iterator[str]:
         server.close()
 
 
+SERVE = ["-m", PACKAGE, "serve", "--port"]
 # `--stock`: the same app under uvicorn's own protocol and logging configuration, i.e. without
 # what `serve` adds (the header and body limits of server.py, logs.py's format and filter).
 STOCK_SERVER = (
@@ -106,10 +108,26 @@ STOCK_SERVER = (
     "factory=True, port=int(sys.argv[1]), http='httptools', proxy_headers=False, "
     "server_header=False)"
 )
-SERVERS = {
-    "serve": ["-m", PACKAGE, "serve", "--port"],
-    "stock uvicorn": ["-c", STOCK_SERVER],
-}
+# `--against SRC`: `serve` from another copy of the code, e.g. a git worktree of an older commit
+# (`git worktree add /tmp/before HEAD~3`, then `--against /tmp/before/src`).
+AGAINST_SERVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import {{ cookiecutter.package_name }}.cli as cli
+if not cli.__file__.startswith(sys.argv[1]):
+    sys.exit(f"{cli.__file__} is not under {sys.argv[1]}")
+sys.exit(cli.main(["serve", "--port", sys.argv[2]]))
+"""
+
+
+def baseline(args: argparse.Namespace) -> tuple[str, list[str]] | None:
+    """The second server of the run, if one was asked for: its name and command line."""
+    if args.stock:
+        return "stock uvicorn", ["-c", STOCK_SERVER]
+    if args.against:
+        source = str(Path(args.against).resolve())
+        return f"serve from {args.against}", ["-c", AGAINST_SERVER, source]
+    return None
 
 
 def service_environment(redis: str, workdir: Path) -> dict[str, str]:
@@ -135,12 +153,12 @@ def service_environment(redis: str, workdir: Path) -> dict[str, str]:
 
 @contextmanager
 def service(
-    env: dict[str, str], workdir: Path, server: str = "serve"
+    env: dict[str, str], workdir: Path, name: str = "serve", command: list[str] = SERVE
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """One server process (one uvicorn worker) on a free port, until the block ends."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, *SERVERS[server], str(port)],
+        [sys.executable, *command, str(port)],
         env={**env, "PYTHONOPTIMIZE": "1"},
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -155,7 +173,7 @@ def service(
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit(f"error: the {server} server did not start") from None
+                    raise SystemExit(f"error: the {name} server did not start") from None
                 time.sleep(0.1)
         yield process, base_url
     finally:
@@ -278,7 +296,9 @@ def measure(
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    names = ["serve", "stock uvicorn"] if args.stock else ["serve"]
+    second = baseline(args)
+    commands = {"serve": SERVE} | (dict([second]) if second else {})
+    names = list(commands)
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as folder,
         redis_url() as redis,
@@ -286,7 +306,10 @@ def benchmark(args: argparse.Namespace) -> int:
     ):
         workdir = Path(folder)
         env = service_environment(redis, workdir)
-        running = {name: servers.enter_context(service(env, workdir, name)) for name in names}
+        running = {
+            name: servers.enter_context(service(env, workdir, name, command))
+            for name, command in commands.items()
+        }
         process, base_url = running["serve"]
         token_list = asyncio.run(collect_tokens(base_url, args.tokens, args.sessions))
         tokens_file = workdir / "tokens.txt"
@@ -313,11 +336,11 @@ def benchmark(args: argparse.Namespace) -> int:
                 measured = {route: measure(process, url + route, tokens, args) for route in routes}
                 rounds[name] += [measured[route] for route in ROUTES]
         for name in names:
-            if args.stock:
+            if second:
                 print(f"\n{name}:")
             report(rounds[name])
-        if args.stock:
-            compare(rounds["serve"], rounds["stock uvicorn"])
+        if second:
+            compare(rounds["serve"], second[0], rounds[second[0]])
         print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
         for route in ROUTES:
             url = f"{running['serve'][1]}{route}"
@@ -325,15 +348,15 @@ def benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(serve: list[Round], stock: list[Round]) -> None:
-    """What `serve` costs over stock uvicorn, per route: medians of the per-round figures (the
-    two servers ran the same round back to back, so a pair shares the machine's mood)."""
-    print("\nserve against stock uvicorn, per route (median over rounds):")
+def compare(serve: list[Round], name: str, other: list[Round]) -> None:
+    """What `serve` costs over the other server, per route: medians of the per-round figures
+    (the two ran the same round back to back, so a pair shares the machine's mood)."""
+    print(f"\nserve against {name}, per route (median over rounds):")
     row = "  {:<13} {:>14} {:>14} {:>14} {:>12}"
-    print(row.format("route", "CPU us serve", "CPU us stock", "added (pairs)", "req/s ratio"))
+    print(row.format("route", "CPU us serve", "CPU us other", "added (pairs)", "req/s ratio"))
     for route in ROUTES:
         ours = [item for item in serve if item.route == route]
-        theirs = [item for item in stock if item.route == route]
+        theirs = [item for item in other if item.route == route]
         pairs = list(zip(ours, theirs, strict=True))
         added = [a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs]
         speed = [a.requests_per_second / b.requests_per_second for a, b in pairs]
@@ -417,11 +440,18 @@ def main() -> int:
         "--soak", action="store_true", help="long run: RSS after warm-up and at the end"
     )
     parser.add_argument("--requests", type=int, default=200_000, help="soak: total requests")
-    parser.add_argument(
+    compared = parser.add_mutually_exclusive_group()
+    compared.add_argument(
         "--stock",
         action="store_true",
         help="also run the app under stock uvicorn (no header/body limits, default logging) "
         "and compare the CPU time per request",
+    )
+    compared.add_argument(
+        "--against",
+        metavar="SRC",
+        help="also run serve from another copy of the code (its src/ folder, e.g. of a git "
+        "worktree of an older commit) and compare: a change's cost, measured in one run",
     )
     args = parser.parse_args()
     if args.soak and args.tokens == parser.get_default("tokens"):
