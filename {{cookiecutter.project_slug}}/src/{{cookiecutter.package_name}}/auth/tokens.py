@@ -111,6 +111,8 @@ class TokenVerifier:
     validation requires nothing by default, and costs more than the signature check).
     """
 
+    TYPES: frozenset[str] = frozenset({ACCESS_TOKEN_TYPE})  # accepted `typ` header values
+
     def __init__(self, settings: Settings, keys: KeyLookup) -> None:
         self._algorithm = settings.jwt_algorithm
         self._algorithms = [settings.jwt_algorithm]  # a one-element list, never a string
@@ -144,19 +146,8 @@ class TokenVerifier:
 
     def _principal_from(self, header: Any, claims: Any, now: float) -> Principal | None:
         """RFC 8725 and RFC 9068 rules for an access token this service issued itself."""
-        if not isinstance(header, dict) or header.get("typ") != ACCESS_TOKEN_TYPE:
-            return None
-        # `crit` lists extensions the recipient must understand or reject the token (RFC 7515,
-        # section 4.1.11). This service understands none, and python-jose does not check it.
-        if "crit" in header:
-            return None
-        if not isinstance(claims, dict) or not self._names_us(claims):
-            return None
-        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
-        # Times are whole seconds; bool is an int in Python, so compare types exactly.
-        if type(exp) is not int or type(iat) is not int or type(nbf) is not int:
-            return None
-        if exp + LEEWAY_SECONDS <= now or iat - LEEWAY_SECONDS > now or nbf - LEEWAY_SECONDS > now:
+        exp = self._expiry_if_current(header, claims, now)
+        if exp is None:
             return None
         sub, sid, scope, jti = (claims.get(name) for name in ("sub", "sid", "scope", "jti"))
         if not (isinstance(scope, str) and isinstance(jti, str) and jti):
@@ -170,6 +161,26 @@ class TokenVerifier:
         ):
             return None
         return Principal(sub=sub, sid=sid, scopes=frozenset(scope.split()), expires_at=exp)
+
+    def _expiry_if_current(self, header: Any, claims: Any, now: float) -> int | None:
+        """The rules every token meets, ours or a remote issuer's: an accepted `typ`, no `crit`,
+        `iss` and `aud` naming us, and whole-second times within the leeway. Returns `exp`, or
+        None when a rule is broken."""
+        if not isinstance(header, dict) or header.get("typ") not in self.TYPES:
+            return None
+        # `crit` lists extensions the recipient must understand or reject the token (RFC 7515,
+        # section 4.1.11). This service understands none, and python-jose does not check it.
+        if "crit" in header:
+            return None
+        if not isinstance(claims, dict) or not self._names_us(claims):
+            return None
+        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
+        # Times are whole seconds; bool is an int in Python, so compare types exactly.
+        if type(exp) is not int or type(iat) is not int or type(nbf) is not int:
+            return None
+        if exp + LEEWAY_SECONDS <= now or iat - LEEWAY_SECONDS > now or nbf - LEEWAY_SECONDS > now:
+            return None
+        return exp
 
     def _names_us(self, claims: dict[str, Any]) -> bool:
         """`iss` is this service, and `aud` is this service (or a list that includes it)."""
