@@ -16,6 +16,7 @@ from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
+REDIS_TIMEOUT_SECONDS = 0.25
 # Generous: what is asserted is "no hang", not speed (a stalled call would take seconds).
 NO_HANG_SECONDS = 2.0
 
@@ -31,7 +32,9 @@ async def private_client(
     redis_server: RedisServer, key_files: dict[str, Path]
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client whose app uses a Redis that the test may freeze, stop and restart."""
-    app = create_app(make_settings(redis_server.url, key_files))
+    app = create_app(
+        make_settings(redis_server.url, key_files, redis_timeout_seconds=REDIS_TIMEOUT_SECONDS)
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,

@@ -82,9 +82,6 @@ def settings_for(
             "rate_limit": UNREACHED_RATE,
             "login_rate_limit": UNREACHED_RATE,
             "max_sessions_per_user": MAX_SESSIONS,
-            # Tracing makes every request several times slower; on a busy machine a Redis reply
-            # can then take longer than the suite's usual 0.25 s. These tests are about memory.
-            "redis_timeout_seconds": 5,
             **overrides,
         }
         made.append(make_settings(redis_url, key_files, **values))
