@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
-import logging.config
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from . import audit
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
-from .logs import log_config
+from .logs import log_config, log_to_stderr
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -163,7 +162,7 @@ def create_user(args: argparse.Namespace) -> int:
         return 2
     user = User(name=name, password_hash=password_hasher(settings).hash(password), scopes=scopes)
     created = FileUserStore(settings.users_file).put(user)
-    logging.config.dictConfig(log_config(settings.logs_as))
+    log_to_stderr(settings.logs_as)
     audit.event("user_created" if created else "user_updated", client="cli", sub=name)
     action = "created" if created else "updated the password and scopes of"
     listed = " ".join(sorted(scopes)) or "(none)"

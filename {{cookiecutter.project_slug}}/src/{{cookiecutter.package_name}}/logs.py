@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import time
 from contextvars import ContextVar
 from typing import Any, Literal
@@ -104,3 +105,10 @@ def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
             PACKAGE: {"level": "INFO"},
         },
     }
+
+
+def log_to_stderr(log_format: LogFormat) -> None:
+    """For a command other than `serve` (which hands `log_config` to uvicorn): the same handler
+    and format, unless the process has set up logging already (a test runner, a host program)."""
+    if not logging.getLogger().handlers:
+        logging.config.dictConfig(log_config(log_format))
