@@ -89,7 +89,7 @@ def test_json_request_lines_carry_their_fields_and_request_ids(
             )
             malformed = ["has space", "x" * 65, "a/b", "é"]
             replaced = [
-                http.get("/me", headers={"X-Request-ID": value.encode()}) for value in malformed
+                http.get("/me", headers={b"X-Request-ID": value.encode()}) for value in malformed
             ]
             fresh = http.get("/nowhere")
         output = stop(service, log)
