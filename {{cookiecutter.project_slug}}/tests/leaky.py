@@ -9,11 +9,13 @@ the detector to fail here; if it ever passes, the memory test has stopped biting
 The leak is added as pure ASGI middleware, so the routes, the answers and the workload are
 exactly those of the real service; only the retention differs. Call `forget_payloads()` after
 each use so the leak cannot outlive the test that wanted it. `create_leaky_remote_app` is the
-same idea for a remote issuer's keys: a cache keyed by every `kid` a token names.
+same idea for a remote issuer's keys: a cache keyed by every `kid` a token names, and
+`KeepRequestIds` for the logging path: a formatter that remembers every request id it formats.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.auth.remote import RemoteTokenVerifier
 from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
+from {{ cookiecutter.package_name }}.logs import REQUEST_ID, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -95,6 +98,22 @@ def create_leaky_remote_app(settings: Settings) -> FastAPI:
     return app
 
 
+# The third leak: every request id ever logged ("to find recent requests quickly").
+REQUEST_IDS: list[str] = []
+
+
+class KeepRequestIds(JsonFormatter):
+    """Formats as the service does and keeps each line's request id. This is the bug: one
+    string per request, for the life of the process."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            REQUEST_IDS.append(request_id)
+        return super().format(record)
+
+
 def forget_payloads() -> None:
     PAYLOADS.clear()
     UNKNOWN_KIDS.clear()
+    REQUEST_IDS.clear()

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from {{ cookiecutter.package_name }} import outage
+from {{ cookiecutter.package_name }}.logs import PACKAGE
 from {{ cookiecutter.package_name }}.main import create_app
 
 from .conftest import make_settings, running
@@ -37,6 +38,12 @@ LOAD_THREADS = 16
 MIN_REQUESTS = 2000
 LOAD_SECONDS = outage.WINDOW_SECONDS + 1  # failures in two windows: at least one summary
 END_TIMEOUT_SECONDS = 4 * outage.WINDOW_SECONDS  # a guard against hanging, not a measurement
+
+
+def is_request_line(line: str, request: str, status: int) -> bool:
+    """A text request line, e.g. `... 127.0.0.1 - "GET /me HTTP/1.1" 401 0.8 ms <request id>`."""
+    ending = rf'"{re.escape(request)} HTTP/1\.1" {status} \d+\.\d ms [0-9a-f]+$'
+    return re.search(ending, line) is not None
 
 
 class Output:
@@ -110,9 +117,9 @@ def test_logged_requests_carry_their_path_without_the_query_string(
         output.close()
 
     assert not [line for line in output.lines if secret in line]
-    access = [line for line in output.lines if "uvicorn.access" in line]
-    assert any(line.endswith('"GET /me HTTP/1.1" 401') for line in access), output.tail()
-    assert any(line.endswith('"GET /health/live HTTP/1.1" 200') for line in access), access
+    access = [line for line in output.lines if f"{PACKAGE}.access" in line]
+    assert any(is_request_line(line, "GET /me", 401) for line in access), output.tail()
+    assert any(is_request_line(line, "GET /health/live", 200) for line in access), access
     assert any('"WebSocket /me" 403' in line for line in output.lines), output.tail()
     for line in output.lines:
         assert LINE.match(line), line

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from fastapi import FastAPI
 from jose import jwt
 from redis import Redis
 
+from {{ cookiecutter.package_name }}.logs import PACKAGE, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -43,7 +47,9 @@ from .issuers import (
 from .jwks_server import KeyServer
 from .leaky import (
     PAYLOADS,
+    REQUEST_IDS,
     UNKNOWN_KIDS,
+    KeepRequestIds,
     create_leaky_app,
     create_leaky_remote_app,
     forget_payloads,
@@ -213,11 +219,47 @@ async def measure_app(app: FastAPI) -> Rounds:
         return await measure(AuthWorkload(app, client), not_counted=[__file__])
 
 
+@contextmanager
+def json_logs(formatter: logging.Formatter) -> Iterator[None]:
+    """The service's lines (requests, audit) formatted as `serve` would and written to the
+    null device: the whole logging path runs, and nothing the test keeps grows. Not passed on
+    to the root logger, where pytest keeps every record it sees."""
+    logger = logging.getLogger(PACKAGE)
+    level, propagate = logger.level, logger.propagate
+    with open(os.devnull, "w") as null:
+        handler = logging.StreamHandler(null)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 async def test_process_memory_stays_flat_under_repeated_auth(memory_settings: Settings) -> None:
-    """Hundreds of distinct tokens of every kind a round, round after round: no growth."""
-    rounds = await measure_app(create_app(memory_settings))
+    """Hundreds of distinct tokens of every kind a round, round after round, each request
+    logged as JSON with its own request id: no growth."""
+    with json_logs(JsonFormatter()):
+        rounds = await measure_app(create_app(memory_settings))
     print(rounds.describe())
     assert_bounded(rounds, GROWTH_BOUND_BYTES)
+
+
+async def test_canary_the_detector_catches_request_ids_kept_by_the_logs(
+    memory_settings: Settings,
+) -> None:
+    """The same workload through a formatter that keeps every request id must fail the rule."""
+    with json_logs(KeepRequestIds()):
+        rounds = await measure_app(create_app(memory_settings))
+    print(rounds.describe())
+    assert REQUEST_IDS, "the leaky formatter kept nothing: the canary exercised no leak"
+    with pytest.raises(AssertionError, match="memory grows with the workload"):
+        assert_bounded(rounds, GROWTH_BOUND_BYTES)
+    assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
 
 
 async def test_canary_the_detector_catches_payloads_kept_by_subject(

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import uvicorn
 from pydantic import ValidationError
 
+from . import audit
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
-from .logs import log_config
+from .logs import log_config, log_to_stderr
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        log_config=log_config(),  # one format; request lines without query strings
+        log_config=log_config(settings.logs_as),  # one format for every line
+        access_log=False,  # the app writes request lines itself, with their request ids
     )
     return 0
 
@@ -160,6 +162,8 @@ def create_user(args: argparse.Namespace) -> int:
         return 2
     user = User(name=name, password_hash=password_hasher(settings).hash(password), scopes=scopes)
     created = FileUserStore(settings.users_file).put(user)
+    log_to_stderr(settings.logs_as)
+    audit.event("user_created" if created else "user_updated", client="cli", sub=name)
     action = "created" if created else "updated the password and scopes of"
     listed = " ".join(sorted(scopes)) or "(none)"
     print(f"{action} user {name} in {settings.users_file}; scopes: {listed}")

@@ -1,29 +1,45 @@
 """Logging for `serve`: one handler and one format for uvicorn's lines and the app's own.
 
-`serve` hands `log_config()` to uvicorn, which applies it in every process (each worker of
-`--workers N` too). Lines go to stderr as `<time> <LEVEL> <logger>: <message>`.
+`serve` hands `log_config(...)` to uvicorn, which applies it in every process (each worker of
+`--workers N` too). Lines go to stderr, in one of two formats (`APP_LOG_FORMAT`):
 
-Request lines carry the path without its query string: a query string can hold a secret
-(`?access_token=...`), and the log is read by more people than the service's clients.
+- `json`: one object per line, `time`, `level`, `logger`, `message`, the request id of the
+  request being served (`request_id`), and the fields a line was given (`FIELDS`);
+- `text`: `<time> <LEVEL> <logger>: <message>`, for people reading a terminal.
+
+Request lines (`middleware.RequestLog`, one per answered HTTP request) carry the path without
+its query string: a query string can hold a secret (`?access_token=...`), and the log is read by
+more people than the service's clients.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import logging.config
+import time
+from contextvars import ContextVar
+from typing import Any, Literal
 
 PACKAGE = __name__.rpartition(".")[0]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The extra fields a JSON line may carry (`logger.info(..., extra={...})`), and no others: a
+# record's other attributes are logging's internals.
+FIELDS = ("event", "sub", "client", "method", "path", "status", "duration_ms")
+
+# The id of the request this task is serving; `RequestLog` sets it and resets it around each
+# request. A ContextVar is per asyncio task, so concurrent requests never see each other's.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class DropQueryStrings(logging.Filter):
     """Cuts each text argument of a record at its first `?`, before any formatter sees it.
 
-    uvicorn logs a request on `uvicorn.access` as `'%s - "%s %s HTTP/%s" %d'` (client, method,
-    target, HTTP version, status), and a WebSocket handshake on `uvicorn.error` as
-    `'%s - "WebSocket %s" ...'` (client, target). Of these only the target can hold a `?`, and
-    its first one starts the query string (uvicorn writes a `?` inside the path as `%3F`): the
-    path stays, the query string goes.
+    uvicorn logs a WebSocket handshake on `uvicorn.error` as `'%s - "WebSocket %s" ...'`
+    (client, target), and, when someone enables its access log, a request on `uvicorn.access`
+    as `'%s - "%s %s HTTP/%s" %d'`. Of these only the target can hold a `?`, and its first one
+    starts the query string (uvicorn writes a `?` inside the path as `%3F`): the path stays,
+    the query string goes.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -34,17 +50,47 @@ class DropQueryStrings(logging.Filter):
         return True
 
 
-def log_config() -> dict[str, Any]:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record. `json.dumps` escapes control characters (and, by default,
+    everything outside ASCII), so no text in a record can start a line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()  # formatting runs in the task that logged
+        if request_id is not None:
+            line["request_id"] = request_id
+        for field in FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                line[field] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+LogFormat = Literal["json", "text"]
+
+
+def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
     """The `logging.config.dictConfig` schema for `uvicorn.run(log_config=...)`."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"drop_query_strings": {"()": DropQueryStrings}},
-        "formatters": {"text": {"format": TEXT_FORMAT}},
+        "formatters": {
+            "text": {"format": TEXT_FORMAT},
+            "json": {"()": JsonFormatter},
+        },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
-                "formatter": "text",
+                "formatter": log_format,
                 "stream": "ext://sys.stderr",
             }
         },
@@ -59,3 +105,10 @@ def log_config() -> dict[str, Any]:
             PACKAGE: {"level": "INFO"},
         },
     }
+
+
+def log_to_stderr(log_format: LogFormat) -> None:
+    """For a command other than `serve` (which hands `log_config` to uvicorn): the same handler
+    and format, unless the process has set up logging already (a test runner, a host program)."""
+    if not logging.getLogger().handlers:
+        logging.config.dictConfig(log_config(log_format))

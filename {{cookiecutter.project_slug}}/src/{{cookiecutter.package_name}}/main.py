@@ -18,6 +18,7 @@ from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
 from .limits import Limiter
+from .middleware import RequestLog
 from .outage import RedisOutage
 from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     app.state.settings = settings
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
+    # The only middleware: request ids, request lines and request metrics (see middleware.py).
+    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies)
     app.include_router(health.router)
     remote_keys = None
     if settings.remote_issuer:

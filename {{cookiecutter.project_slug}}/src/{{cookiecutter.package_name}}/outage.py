@@ -17,6 +17,7 @@ A healthy request never calls in here; only the failure paths do.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -65,7 +66,9 @@ class RedisOutage:
             return
         logger.warning("Redis unavailable (%s): outage started", type(error).__name__)
         self._started = time.monotonic()
-        self._watcher = asyncio.create_task(self._watch())
+        # In a context of its own: the request that happened to fail first is not the outage,
+        # and its request id must not appear on the outage's later lines.
+        self._watcher = asyncio.create_task(self._watch(), context=contextvars.Context())
 
     async def _watch(self) -> None:
         while True:

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     rate_limit_fail_open: bool = False
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
 
+    # None: json in production (one object per line, for a log collector), text otherwise.
+    log_format: Literal["json", "text"] | None = None
+
     users_file: Path = Path("data/users.json")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -113,6 +116,13 @@ class Settings(BaseSettings):
     def remote_issuer(self) -> bool:
         """Tokens come from elsewhere: no signing keys here, no `/auth/*` routes."""
         return bool(self.jwt_jwks_url or self.oidc_issuer)
+
+    @property
+    def logs_as(self) -> Literal["json", "text"]:
+        """The log format in use (`APP_LOG_FORMAT`, else by environment)."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "text"
 
     @property
     def checks_sessions(self) -> bool:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Request, Response
 from pydantic import BaseModel, Field
 
-from .. import errors
+from .. import audit, errors
 from ..limits import LOGIN_POLICY, client_of, enforce
 from .dependencies import AUTHENTICATED, CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
-from .sessions import Session, parse_refresh_token
+from .sessions import ReuseDetected, Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
 from .users import USERNAME_PATTERN
 
@@ -61,14 +62,19 @@ async def login(
     state = request.app.state
     client, rate = client_of(request), state.settings.login_rate_limit
     decision = await state.limiter.login_attempt(client, username)
+    if not decision.allowed:
+        audit.event("login_limited", client=client)  # the name tried is attacker's text
     enforce(decision, rate, LOGIN_POLICY, response)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
     if not await state.password_checker.check(password_hash, password) or user is None:
+        # The account only when it exists: an unknown name may be a mistyped password.
+        audit.event("login_failed", client=client, sub=None if user is None else user.name)
         raise errors.login_failed()
     refunded = await state.limiter.login_succeeded(client, username)
     response.headers.update(refunded.headers(rate, LOGIN_POLICY))
     session = await state.sessions.create(user.name, user.scopes)
+    audit.event("login_succeeded", client=client, sub=user.name)
     return token_pair(request, session, response)
 
 
@@ -89,8 +95,17 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
         await state.sessions.revoke(*parsed)
         raise errors.invalid_token()
     session = await state.sessions.rotate_refresh(body.refresh_token)
+    if isinstance(session, ReuseDetected):
+        audit.event(
+            "refresh_reuse_detected",
+            client=client_of(request),
+            sub=user.name,
+            level=logging.WARNING,
+        )
+        raise errors.invalid_token()
     if session is None:
         raise errors.invalid_token()
+    audit.event("refresh_rotated", client=client_of(request), sub=user.name)
     return token_pair(request, replace(session, scopes=session.scopes & user.scopes), response)
 
 
@@ -99,9 +114,11 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
 async def logout(request: Request, principal: CurrentPrincipal) -> None:
     """End this session: its access and refresh tokens stop working on the next request."""
     await request.app.state.sessions.revoke(principal.sub, principal.sid)
+    audit.event("logout", client=client_of(request), sub=principal.sub)
 
 
 @router.post("/logout-all", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout_all(request: Request, principal: CurrentPrincipal) -> None:
     """End every session of this user, in every process, on the next request."""
     await request.app.state.sessions.revoke_all(principal.sub)
+    audit.event("logout_all", client=client_of(request), sub=principal.sub)

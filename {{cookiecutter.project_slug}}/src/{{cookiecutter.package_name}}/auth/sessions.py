@@ -46,6 +46,14 @@ class Session:
     refresh_token: str
 
 
+class ReuseDetected:
+    """`rotate_refresh`'s answer when the token spent at the last rotation came back: the
+    session is ended (worth an audit line: someone holds a stolen or replayed token)."""
+
+
+REUSE_DETECTED = ReuseDetected()
+
+
 def new_session_id() -> str:
     return secrets.token_urlsafe(16)
 
@@ -146,14 +154,15 @@ class SessionStore:
             return None
         return Decision.from_script(*reply[1:5])
 
-    async def rotate_refresh(self, refresh_token: str) -> Session | None:
+    async def rotate_refresh(self, refresh_token: str) -> Session | ReuseDetected | None:
         """Spend `refresh_token` and return the session with its next one, or None.
 
         None for a malformed token (Redis is not asked), an ended session, or a token that is
         not the session's current one. If it is the one spent at the last rotation, the session
-        is ended too: a spent token coming back means it was stolen or replayed (RFC 9700,
-        section 4.14). Any other token changes nothing, so a made-up token for a known `sub` and
-        `sid` (both readable in an access token) cannot end the session.
+        is ended too, and the answer is `REUSE_DETECTED`: a spent token coming back means it was
+        stolen or replayed (RFC 9700, section 4.14). Any other token changes nothing, so a
+        made-up token for a known `sub` and `sid` (both readable in an access token) cannot end
+        the session.
         """
         parsed = parse_refresh_token(refresh_token)
         if parsed is None:
@@ -169,6 +178,8 @@ class SessionStore:
                 sid,
             ],
         )
+        if reply[0] == -1:
+            return REUSE_DETECTED
         if reply[0] != 1:
             return None
         scopes = frozenset(reply[1].decode().split())
