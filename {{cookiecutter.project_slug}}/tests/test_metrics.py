@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import make_settings, running
+from .conftest import delete_keys, make_settings, running
 from .helpers import PASSWORD, add_user, bearer, login
 from .redis_server import free_port
 from .test_processes import STOP_SECONDS, Service, environment_for, kill, wait_until_ready
@@ -43,7 +42,11 @@ CLIENTS = 4  # threads, each with its own connection
 USERS = 5
 
 
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+# Each exported series (sample name and labels) with its value.
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Series:
     """Every exported series (sample name and labels) with its value."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -52,11 +55,11 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def value(series: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def value(series: Series, name: str, **labels: str) -> float:
     return series.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(client: httpx.AsyncClient) -> Series:
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -94,9 +97,10 @@ async def test_a_429_and_a_redis_error_are_counted(
         statuses = [(await client.post("/auth/token", data=form)).status_code for _ in range(2)]
         assert statuses == [401, 429]
         after = await scrape(client)
-    assert value(after, "rate_limited_total", policy="login") == value(
-        before, "rate_limited_total", policy="login"
-    ) + 1
+    assert (
+        value(after, "rate_limited_total", policy="login")
+        == value(before, "rate_limited_total", policy="login") + 1
+    )
     kinds = {kind: value(after, "redis_errors_total", kind=kind) for kind in metrics.REDIS_KINDS}
     metrics.redis_failed(TimeoutError())
     metrics.redis_failed(ConnectionRefusedError())
@@ -104,7 +108,7 @@ async def test_a_429_and_a_redis_error_are_counted(
     assert value(parse_local(), "redis_errors_total", kind="connection") == kinds["connection"] + 1
 
 
-def parse_local() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def parse_local() -> Series:
     return parse(metrics.exposition().decode())
 
 
@@ -150,11 +154,15 @@ class Workload:
         self.token = ""
 
     def headers(self, **extra: str) -> dict[str, str]:
-        address = f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+        address = (
+            f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{1 + secrets.randbelow(254)}"
+        )
         return {"X-Request-ID": secrets.token_hex(16), "X-Forwarded-For": address, **extra}
 
     def request(self, client: httpx.Client, kind: int) -> int:
-        random_path = "/" + "/".join(secrets.token_urlsafe(6) for _ in range(random.randint(1, 3)))
+        random_path = "/" + "/".join(
+            secrets.token_urlsafe(6) for _ in range(1 + secrets.randbelow(3))
+        )
         if kind == 0 or not self.token:
             data = {"username": next(self.users), "password": PASSWORD}
             response = client.post("/auth/token", data=data, headers=self.headers())
@@ -162,7 +170,8 @@ class Workload:
         elif kind in (1, 2):
             response = client.get("/me", headers=self.headers(Authorization=f"Bearer {self.token}"))
         elif kind == 3:
-            response = client.get("/me", headers=self.headers(Authorization=f"Bearer {forged(self.token)}"))
+            forgery = forged(self.token)
+            response = client.get("/me", headers=self.headers(Authorization=f"Bearer {forgery}"))
         elif kind == 4:
             response = client.get("/me", headers=self.headers())
         elif kind == 5:
@@ -182,7 +191,7 @@ class Workload:
             return [self.request(client, kind % 10) for kind in range(requests)]
 
 
-def series_count(service: Service) -> tuple[int, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+def series_count(service: Service) -> tuple[int, Series]:
     response = httpx.get(service.url + "/metrics", timeout=30)
     assert response.status_code == 200
     series = parse(response.text)
@@ -201,7 +210,8 @@ def run_workload(service: Service, users: list[str], total: int) -> tuple[int, i
     assert 500 not in answered
     last, late = series_count(service)
     labels = {"method": "GET", "route": "/me", "status": "200"}
-    moved = value(late, "http_requests_total", **labels) - value(early, "http_requests_total", **labels)
+    moved = value(late, "http_requests_total", **labels)
+    moved -= value(early, "http_requests_total", **labels)
     return first, last, moved
 
 
@@ -215,11 +225,14 @@ LEAKY_SERVE = (
 
 
 @pytest.fixture
-def served_settings(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Settings]:
+def served_settings(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> Iterator[Settings]:
     settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
     for index in range(USERS):
         add_user(settings, f"metered-{index}", scopes=["read"])
     yield settings
+    delete_keys(redis_url, settings.redis_key_prefix)
 
 
 def serve(
@@ -330,4 +343,3 @@ def test_all_counters_come_from_fixed_label_sets() -> None:
     metrics.observe_request("BREW", "/me", 999, 0.001)
     names = parse_local()
     assert value(names, "http_requests_total", method="other", route="/me", status="other") >= 1
-

@@ -55,9 +55,7 @@ MAX_POLICIES = 32
 # Seconds. A few fixed buckets: each one is a series per route.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-REQUESTS = Counter(
-    "http_requests", "HTTP requests answered", ("method", "route", "status")
-)
+REQUESTS = Counter("http_requests", "HTTP requests answered", ("method", "route", "status"))
 DURATION = Histogram(
     "http_request_duration_seconds",
     "Time from a request's start to its response's end",
@@ -146,7 +144,7 @@ def exposition() -> bytes:
     files; the `process_*` series then describe the worker that answered (see the README)."""
     if os.environ.get(MULTIPROC_DIR_VARIABLE):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
         # The answering worker's own process collector, which the files do not hold.
         return text + generate_latest(_process_registry())
