@@ -1,10 +1,11 @@
 """Clients that send a request and vanish with a TCP reset cost the served process nothing lasting.
 
 A client that resets its connection (SO_LINGER 0) right after its request never reads the answer.
-uvicorn holds such a connection, with its buffers, until its keep-alive timeout ends it (`serve`
-sets it: `cli.KEEP_ALIVE_SECONDS`). So memory rises with a burst of them and must come back
-down: after N such clients and after 2N, once their connections are gone, the process's RSS is
-the same within a few MiB, and its open sockets are back to what they were.
+The server still runs the request, and holds the connection and its buffers until it sees the
+reset or, at the latest, until the keep-alive timeout ends it (`serve` sets it:
+`cli.KEEP_ALIVE_SECONDS`). So memory may rise with a burst of them and must come back down:
+after N such clients and after 2N, once their connections are gone, the process's RSS is the
+same within a few MiB, and no client connection is left open.
 """
 
 from __future__ import annotations
