@@ -224,6 +224,13 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     nginx = (project / "deploy" / "nginx.conf").read_text()
     assert "server app:8000;" in nginx
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    # /metrics is scraped from each replica inside, never published through the proxy.
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", nginx)
+    # nginx stops reusing an upstream connection before uvicorn would close it.
+    nginx_keepalive = int(re.search(r"keepalive_timeout (\d+)s;", nginx)[1])  # type: ignore[index]
+    cli = next((project / "src").glob("*/cli.py")).read_text()
+    uvicorn_keepalive = int(re.search(r"^KEEP_ALIVE_SECONDS = (\d+)", cli, re.M)[1])  # type: ignore[index]
+    assert nginx_keepalive < uvicorn_keepalive
     mounted = [str(volume) for volume in proxy["volumes"]]
     assert any(
         volume.endswith("deploy/nginx.conf:/etc/nginx/conf.d/default.conf:ro") for volume in mounted

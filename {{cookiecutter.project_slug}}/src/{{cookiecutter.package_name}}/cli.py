@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -24,6 +27,14 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# How long an idle connection is kept open. It also bounds what a client that vanished without
+# a FIN costs (a reset after its request leaves the connection here until then): 5 s is short
+# enough that such connections do not pile up, and longer than the 4 s after which nginx
+# (deploy/nginx.conf, `keepalive_timeout`) stops reusing a connection, so nginx never sends a
+# request on one uvicorn is closing.
+KEEP_ALIVE_SECONDS = 5
+# prometheus-client's multiprocess mode: each worker writes its counts to files there.
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def describe(error: ValidationError) -> str:
@@ -87,8 +98,6 @@ def key_problem(settings: Settings) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .server import BoundedHttpToolsProtocol
-
     settings = load_settings()
     problem = key_problem(settings)
     if problem is not None:
@@ -96,6 +105,24 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     # Process managers (Docker, systemd, Kubernetes) read status 0 as a clean stop.
     signal.signal(signal.SIGTERM, exit_cleanly)
+    # One process counts in memory. Several workers each write their counts to files in a
+    # directory of this run only (a reused one would add an earlier run's counts), which
+    # `/metrics` adds up; it is removed when `serve` exits.
+    os.environ.pop(MULTIPROC_DIR_VARIABLE, None)
+    metrics_dir = tempfile.mkdtemp(prefix="prometheus-") if args.workers > 1 else None
+    if metrics_dir is not None:
+        os.environ[MULTIPROC_DIR_VARIABLE] = metrics_dir  # the workers inherit it
+    try:
+        run_uvicorn(args, settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
+    from .server import BoundedHttpToolsProtocol
+
     uvicorn.run(
         "{{ cookiecutter.package_name }}.cli:served_app",
         factory=True,
@@ -106,10 +133,10 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_config=log_config(settings.logs_as),  # one format for every line
         access_log=False,  # the app writes request lines itself, with their request ids
     )
-    return 0
 
 
 def read_password() -> str | None:

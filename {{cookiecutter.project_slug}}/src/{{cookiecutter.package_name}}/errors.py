@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import metrics
+
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 # On every error answer and on every answer of the token routes: nothing a cache should keep
 # (RFC 6749, section 5.1, asks it of token responses, errors included).
@@ -114,7 +116,9 @@ def invalid_token() -> HTTPException:
 
 
 def login_failed() -> HTTPException:
-    """401 for a failed login; an unknown user and a wrong password get this same answer."""
+    """401 for a failed login; an unknown user and a wrong password get this same answer.
+    Counted here, the one place every failed login passes (`auth_rejections_total`)."""
+    metrics.auth_rejected("login")
     return HTTPException(
         status_code=401,
         detail="Incorrect username or password",

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Response
 from redis.exceptions import RedisError
 
-from . import errors, scripts
+from . import errors, metrics, scripts
 from .auth.sessions import hash_tag
 from .multiplex import MultiplexedRedis
 from .network import client_address
@@ -106,6 +106,7 @@ def enforce(decision: Decision, rate: Rate, policy: str, response: Response) -> 
     """Refuse with 429 when `decision` says so; else put the RateLimit headers on `response`."""
     headers = decision.headers(rate, policy)
     if not decision.allowed:
+        metrics.rate_limited(policy)
         raise errors.rate_limited(headers)
     response.headers.update(headers)
 

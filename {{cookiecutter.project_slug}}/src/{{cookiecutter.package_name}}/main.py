@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from . import metrics
 from .api import health, jwks, me
 from .auth import routes as auth_routes
 from .auth.jwks import RemoteKeys
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
     app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies)
     app.include_router(health.router)
+    if settings.metrics:
+        app.include_router(metrics.router)
     remote_keys = None
     if settings.remote_issuer:
         # Another service or an identity provider issues the tokens: we only verify them, with

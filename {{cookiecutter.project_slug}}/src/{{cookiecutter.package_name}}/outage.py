@@ -21,6 +21,7 @@ import contextvars
 import logging
 import time
 
+from . import metrics
 from .redis import RedisClient, is_ready
 
 WINDOW_SECONDS = 10
@@ -46,11 +47,13 @@ class RedisOutage:
 
     def failed(self, error: BaseException) -> None:
         """A request was answered 503 because of `error`."""
+        metrics.redis_failed(error)
         self._start(error)
         self._failed += 1
 
     def skipped(self, error: BaseException) -> None:
         """A rate-limit check was skipped (failing open) because of `error`."""
+        metrics.redis_failed(error)
         self._start(error)
         self._skipped += 1
 

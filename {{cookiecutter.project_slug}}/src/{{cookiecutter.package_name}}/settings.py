@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     users_file: Path = Path("data/users.json")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # GET /metrics (Prometheus); on the app's port, so never publish that port beyond loopback.
+    metrics: bool = True
 
     @field_validator("rate_limit", "login_rate_limit", mode="before")
     @classmethod

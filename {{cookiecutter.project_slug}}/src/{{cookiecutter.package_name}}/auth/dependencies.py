@@ -14,7 +14,7 @@ from fastapi import Depends, Request, Response
 from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
-from .. import errors
+from .. import errors, metrics
 from ..limits import check_policy_name, enforce
 from ..ratelimit import DEFAULT_POLICY, Rate
 from .remote import verify_with_fresh_keys
@@ -61,6 +61,7 @@ class Authenticated(OAuth2PasswordBearer):
     async def __call__(self, request: Request, response: Response) -> Principal:  # type: ignore[override]
         token = bearer_token(request)
         if token is None:
+            metrics.auth_rejected("missing")
             raise errors.not_authenticated()
         state = request.app.state
         # None and `UnknownKey` (a `kid` this service does not hold) are both simply invalid,
@@ -69,6 +70,7 @@ class Authenticated(OAuth2PasswordBearer):
         if isinstance(principal, UnknownKey):
             principal = await verify_with_fresh_keys(state.token_verifier, token)
         if not isinstance(principal, Principal):
+            metrics.auth_rejected("invalid")
             raise errors.invalid_token()
         rate = self._rate or state.settings.rate_limit
         if state.settings.checks_sessions:
@@ -77,7 +79,8 @@ class Authenticated(OAuth2PasswordBearer):
             decision = await state.sessions.admit(principal.sub, principal.sid, rate, self._policy)
         else:  # a remote issuer's token without a session here: the rate limit is the call
             decision = await state.limiter.subject_request(principal.sub, rate, self._policy)
-        if decision is None:
+        if decision is None:  # the session has ended
+            metrics.auth_rejected("session")
             raise errors.invalid_token()
         enforce(decision, rate, self._policy, response)
         return principal
@@ -108,6 +111,7 @@ def require_scopes(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
 
     async def principal_with_scopes(principal: CurrentPrincipal) -> Principal:
         if not needed <= principal.scopes:
+            metrics.auth_rejected("scope")
             raise errors.insufficient_scope(needed)
         return principal
 
