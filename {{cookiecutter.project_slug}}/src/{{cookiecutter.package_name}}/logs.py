@@ -54,10 +54,21 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record. `json.dumps` escapes control characters (and, by default,
     everything outside ASCII), so no text in a record can start a line of its own."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The formatted second of the last record: lines come many to a second, and strftime
+        # is the costliest part of a line. One entry, replaced, never a growing cache.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
