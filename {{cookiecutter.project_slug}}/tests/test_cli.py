@@ -35,6 +35,20 @@ def service_environment(redis_url: str, key_files: dict[str, Path], **extra: str
     return env
 
 
+def serve_once(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`serve` on a free port, for settings that must stop it before it binds: its exit and
+    output (a bounded wait, in case it starts after all)."""
+    return subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(free_port())],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def wait_for(url: str, process: subprocess.Popen[str]) -> httpx.Response:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -85,15 +99,7 @@ def test_serve_refuses_bad_settings_with_one_line_per_problem(
     redis_url: str, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """A malformed setting stops `serve` before it binds, naming the variable."""
-    result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve"],
-        env=service_environment(redis_url, key_files, APP_RATE_LIMIT="often"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_once(service_environment(redis_url, key_files, APP_RATE_LIMIT="often"), tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: APP_RATE_LIMIT: 'often' is not a rate; use N/second, N/minute or N/hour "

@@ -29,7 +29,7 @@ from .test_processes import environment_for
 {%- else -%}
 from .helpers import add_user, login
 from .keys import expected_kid, rfc7638_thumbprint, write_key_pair
-from .redis_server import free_port
+from .test_cli import serve_once
 from .test_processes import environment_for, kill, start_service, wait_until_ready
 {%- endif %}
 
@@ -184,15 +184,7 @@ def test_serve_refuses_a_public_key_that_is_not_the_private_keys(
     (tmp_path / "other").mkdir()
     other = write_key_pair(ALGORITHM, tmp_path / "other")
     mixed = {"private": mine["private"], "public": other["public"]}
-    result = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(free_port())],
-        env=environment_for(settings, redis_url, mixed),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_once(environment_for(settings, redis_url, mixed), tmp_path)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: JWT keys: APP_JWT_PUBLIC_KEY_FILE")
