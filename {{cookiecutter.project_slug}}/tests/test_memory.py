@@ -2,11 +2,13 @@
 
 The process side drives the real app (in-process ASGI, real Redis) through six rounds of about
 300 requests (some 1,300 distinct tokens in all): valid tokens, validly signed ones whose
-session is gone, forged ones and malformed ones, with logins, refreshes and logouts over HTTP.
+session is gone, forged ones and malformed ones, with logins, refreshes and logouts over HTTP,
+and requests for unknown paths; every request is logged as JSON and counted in the metrics.
 It requires traced memory to stay flat from round to round (see `memory.py`); rounds are kept
-small because tracing makes every allocation several times slower. The canary runs the same
-workload and the same rule on an app with the tutorial leak (`leaky.py`) and requires the rule
-to fail there. The same pair runs for a remote issuer's keys (unknown kids and bad signatures
+small because tracing makes every allocation several times slower. Canaries run the same
+workload and the same rule with one leak each and require the rule to fail there: the tutorial
+leak (`leaky.py`), a log formatter that keeps what it formats, and a metrics label taken from
+the raw path. The same pair runs for a remote issuer's keys (unknown kids and bad signatures
 by the hundred a round) with a canary that caches every kid it is asked about.
 
 The Redis side requires a TTL on every key, no key written by a rejected request, and a per-user
@@ -20,7 +22,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from fastapi import FastAPI
 from jose import jwt
 from redis import Redis
 
+from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.logs import PACKAGE, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -59,6 +62,7 @@ from .memory import Rounds, assert_bounded, measure
 pytestmark = pytest.mark.anyio
 
 SUBJECTS_PER_ROUND = 50  # 5 or 6 requests each, plus 11 HTTP auth requests per login user
+UNKNOWN_PATHS_PER_ROUND = 20  # 404s, each for a path never seen before
 LOGIN_USERS = ("mem-login-0", "mem-login-1", "mem-login-2")
 SCOPES = frozenset({"read"})
 # How far traced memory may grow over the measured rounds (without their largest step, see
@@ -146,10 +150,14 @@ def malformed(token: str, style: int) -> str:
     return token[: len(token) // 2] + noise
 
 
+UNKNOWN_PATH_PREFIX = "/no-such-route/"
+
+
 class AuthWorkload:
     """One round of auth traffic against a running app; it keeps nothing between rounds.
 
     Each round uses fresh subjects (`mem-<round>-<i>`), so anything kept per subject grows.
+    Requests for fresh unknown paths go through the request line and the metrics like any other.
     Sessions and tokens for them are made directly (`sessions.create`, `token_issuer.issue`):
     a password check per subject would only slow the test down. Login, refresh and logout go
     through HTTP for a few real users. Every answer's status is checked, so a workload that
@@ -166,7 +174,10 @@ class AuthWorkload:
             requests += await self.subject(f"mem-{number}-{index}", index)
         for user in LOGIN_USERS:
             requests += await self.http_flows(user)
-        return requests
+        for _ in range(UNKNOWN_PATHS_PER_ROUND):
+            response = await self.client.get(f"{UNKNOWN_PATH_PREFIX}{secrets.token_hex(8)}")
+            assert response.status_code == 404, response.text
+        return requests + UNKNOWN_PATHS_PER_ROUND
 
     async def get_me(self, token: str, status: int) -> None:
         response = await self.client.get("/me", headers=bearer(token))
@@ -242,7 +253,7 @@ def json_logs(formatter: logging.Formatter) -> Iterator[None]:
 
 async def test_process_memory_stays_flat_under_repeated_auth(memory_settings: Settings) -> None:
     """Hundreds of distinct tokens of every kind a round, round after round, each request
-    logged as JSON with its own request id: no growth."""
+    logged as JSON with its own request id and counted in the metrics: no growth."""
     with json_logs(JsonFormatter()):
         rounds = await measure_app(create_app(memory_settings))
     print(rounds.describe())
@@ -257,6 +268,38 @@ async def test_canary_the_detector_catches_request_ids_kept_by_the_logs(
         rounds = await measure_app(create_app(memory_settings))
     print(rounds.describe())
     assert REQUEST_IDS, "the leaky formatter kept nothing: the canary exercised no leak"
+    with pytest.raises(AssertionError, match="memory grows with the workload"):
+        assert_bounded(rounds, GROWTH_BOUND_BYTES)
+    assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
+
+
+def raw_path_route(scope: MutableMapping[str, Any]) -> str:
+    """The classic metrics leak: the route label taken from the raw path."""
+    path: str = scope["path"]
+    return path
+
+
+@pytest.fixture
+def raw_path_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`route_of` replaced by `raw_path_route` for one test; the series it made are removed
+    afterwards, so the leak stays in the canary."""
+    monkeypatch.setattr(metrics, "route_of", raw_path_route)
+    yield
+    leaked = [key for key in metrics._request_children if key[1].startswith(UNKNOWN_PATH_PREFIX)]
+    for method, route, status in leaked:
+        metrics.REQUESTS.remove(method, route, status)
+        metrics.DURATION.remove(route)
+        del metrics._request_children[(method, route, status)]
+    assert leaked, "the raw-path label made no series: the canary exercised no leak"
+
+
+async def test_canary_the_detector_catches_a_route_label_from_the_raw_path(
+    memory_settings: Settings, raw_path_metrics: None
+) -> None:
+    """The same workload with the metrics labelled by raw path (one new series per unknown
+    path, kept forever) must fail the rule: the metrics path is inside the measurement."""
+    rounds = await measure_app(create_app(memory_settings))
+    print(rounds.describe())
     with pytest.raises(AssertionError, match="memory grows with the workload"):
         assert_bounded(rounds, GROWTH_BOUND_BYTES)
     assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
