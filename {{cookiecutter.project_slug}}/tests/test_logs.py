@@ -1,12 +1,15 @@
 """What `python -m {{ cookiecutter.package_name }} serve` writes to its log, read from its output:
-paths without query strings, one format for every line, and a Redis outage in a few lines."""
+paths without query strings, one format for every line, a flood of malformed requests and a
+Redis outage each in a few lines."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -17,7 +20,11 @@ import httpx
 import pytest
 
 from {{ cookiecutter.package_name }} import outage
-from {{ cookiecutter.package_name }}.logs import PACKAGE
+from {{ cookiecutter.package_name }}.logs import (
+    CLIENT_WARNING_WINDOW_SECONDS,
+    PACKAGE,
+    RepeatedClientWarnings,
+)
 from {{ cookiecutter.package_name }}.main import create_app
 
 from .conftest import make_settings, running
@@ -38,6 +45,8 @@ LOAD_THREADS = 16
 MIN_REQUESTS = 2000
 LOAD_SECONDS = outage.WINDOW_SECONDS + 1  # failures in two windows: at least one summary
 END_TIMEOUT_SECONDS = 4 * outage.WINDOW_SECONDS  # a guard against hanging, not a measurement
+MALFORMED_REQUESTS = 500
+INVALID_REQUEST = "Invalid HTTP request received."
 
 
 def is_request_line(line: str, request: str, status: int) -> bool:
@@ -123,6 +132,68 @@ def test_logged_requests_carry_their_path_without_the_query_string(
     assert any('"WebSocket /me" 403' in line for line in output.lines), output.tail()
     for line in output.lines:
         assert LINE.match(line), line
+
+
+def send_malformed_request(port: int) -> bytes:
+    """Bytes that are not HTTP; uvicorn answers 400 and closes. Returns the answer."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        try:
+            while chunk := connection.recv(4096):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
+def test_a_flood_of_malformed_requests_is_logged_in_a_few_lines(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """uvicorn warns once per malformed request; the log holds one such line per window, and
+    the next says how many were left out. Each request still gets its 400."""
+    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
+    service = start_service(environment_for(settings, redis_url, key_files), tmp_path)
+    wait_until_ready(service)
+    output = Output(service)
+    port = int(service.url.rpartition(":")[2])
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send_malformed_request, [port] * MALFORMED_REQUESTS))
+        windows = 1 + int((time.monotonic() - started) / CLIENT_WARNING_WINDOW_SECONDS)
+        stop(service, output)
+    finally:
+        output.close()
+
+    assert all(answer.startswith(b"HTTP/1.1 400 ") for answer in answers), answers[:3]
+    warnings = [line for line in output.lines if INVALID_REQUEST in line]
+    assert 1 <= len(warnings) <= windows, "\n".join(warnings[:20])
+
+
+def test_repeated_client_warnings_are_counted_into_the_next_line() -> None:
+    """The window logic on its own, with a clock the test moves: the first line passes, the
+    rest of its window is counted, the first line of a later window says how many; other
+    messages are never held back."""
+    now = [0.0]
+    sampler = RepeatedClientWarnings(window_seconds=10, clock=lambda: now[0])
+
+    def passes(message: str) -> tuple[bool, str]:
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, message, None, None)
+        return sampler.filter(record), record.getMessage()
+
+    assert passes(INVALID_REQUEST) == (True, INVALID_REQUEST)
+    for second in range(1, 10):
+        now[0] = second
+        assert passes(INVALID_REQUEST)[0] is False
+        assert passes("Shutting down") == (True, "Shutting down")
+    now[0] = 10.5
+    assert passes(INVALID_REQUEST) == (
+        True,
+        f"{INVALID_REQUEST} (9 more since the last such line, not logged)",
+    )
+    now[0] = 30
+    assert passes(INVALID_REQUEST) == (True, INVALID_REQUEST)
 
 
 def test_a_redis_outage_under_load_is_logged_in_a_few_lines(

@@ -10,6 +10,10 @@
 Request lines (`middleware.RequestLog`, one per answered HTTP request) carry the path without
 its query string: a query string can hold a secret (`?access_token=...`), and the log is read by
 more people than the service's clients.
+
+uvicorn writes a warning for every connection that sends bytes it cannot parse; a client can
+send those as fast as it likes. `RepeatedClientWarnings` lets one such line through per
+`CLIENT_WARNING_WINDOW_SECONDS` and counts the rest into the next one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import math
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -47,6 +53,51 @@ class DropQueryStrings(logging.Filter):
             record.args = tuple(
                 arg.partition("?")[0] if isinstance(arg, str) else arg for arg in record.args
             )
+        return True
+
+
+# What uvicorn logs (on `uvicorn.error`) once per bad request or connection. Whoever sends the
+# bad bytes decides how many there are, so these are the lines a client can flood the log with.
+CLIENT_WARNINGS = frozenset(
+    {
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "Exceeded concurrency limit.",
+    }
+)
+CLIENT_WARNING_WINDOW_SECONDS = 10.0
+
+
+class RepeatedClientWarnings(logging.Filter):
+    """At most one line per window for each of `CLIENT_WARNINGS`; the others are counted, and
+    the next line that gets through says how many were left out. Other records pass untouched.
+
+    The state is one (window start, count) pair per message of that fixed set: a flood of bad
+    requests costs a counter, not a line each.
+    """
+
+    def __init__(
+        self,
+        window_seconds: float = CLIENT_WARNING_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or message not in CLIENT_WARNINGS:
+            return True
+        now = self.clock()
+        started, left_out = self._windows.get(message, (-math.inf, 0))
+        if now - started < self.window_seconds:
+            self._windows[message] = (started, left_out + 1)
+            return False
+        self._windows[message] = (now, 0)
+        if left_out:
+            record.msg = f"{message} ({left_out} more since the last such line, not logged)"
         return True
 
 
@@ -93,7 +144,10 @@ def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"drop_query_strings": {"()": DropQueryStrings}},
+        "filters": {
+            "drop_query_strings": {"()": DropQueryStrings},
+            "repeated_client_warnings": {"()": RepeatedClientWarnings},
+        },
         "formatters": {
             "text": {"format": TEXT_FORMAT},
             "json": {"()": JsonFormatter},
@@ -112,7 +166,7 @@ def log_config(log_format: LogFormat = "text") -> dict[str, Any]:
             # Filters on the loggers, not the handler: a handler added later gets clean records.
             "uvicorn": {"level": "INFO"},
             "uvicorn.access": {"level": "INFO", "filters": ["drop_query_strings"]},
-            "uvicorn.error": {"filters": ["drop_query_strings"]},
+            "uvicorn.error": {"filters": ["drop_query_strings", "repeated_client_warnings"]},
             PACKAGE: {"level": "INFO"},
         },
     }
