@@ -95,6 +95,7 @@ def test_only_the_chosen_options_remain(baked: tuple[dict[str, str], Path]) -> N
     answers, project = baked
     ci = answers.get("ci", "github")
     assert (project / ".github" / "workflows" / "ci.yml").exists() == (ci == "github")
+    assert (project / ".github" / "dependabot.yml").exists() == (ci == "github")
     assert (project / ".gitlab-ci.yml").exists() == (ci == "gitlab")
     assert not (project / "licenses").exists()
     license_text = (project / "LICENSE").read_text()
