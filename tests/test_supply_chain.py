@@ -1,4 +1,4 @@
-"""The generated GitHub CI's supply chain: zizmor finds nothing, Dependabot keeps pins fresh.
+"""The generated project's supply chain: pinned tools, and a GitHub CI that zizmor finds clean.
 
 zizmor (a static analyser for GitHub Actions) runs offline here: its online audits, which ask
 GitHub about tags and advisories, are off, and the offline ones cover pinning, persisted
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,21 @@ def test_dependabot_watches_packages_actions_and_images(github_project: Path) ->
         directory = github_project / entry["directory"].lstrip("/")
         assert (directory / manifests[ecosystem]).is_file(), ecosystem
         assert entry["schedule"]["interval"] in {"daily", "weekly", "monthly"}
+
+
+def test_ruff_is_pinned_to_the_version_of_the_commit_hook(github_project: Path) -> None:
+    """A floating ruff drifts from the hook's pin with every ruff release; an exact pin cannot.
+
+    The generated suite's tests/test_tooling.py then checks the pin against the installed ruff.
+    """
+    pyproject = tomllib.loads((github_project / "pyproject.toml").read_text())
+    pins = [
+        requirement
+        for requirement in pyproject["project"]["optional-dependencies"]["dev"]
+        if re.match(r"ruff\b", requirement)
+    ]
+    assert len(pins) == 1
+    assert pins[0].startswith("ruff==")
+    hooks = yaml.safe_load((github_project / ".pre-commit-config.yaml").read_text())
+    (ruff_hook,) = [repo for repo in hooks["repos"] if repo["repo"].endswith("/ruff-pre-commit")]
+    assert ruff_hook["rev"] == "v" + pins[0].removeprefix("ruff==")
