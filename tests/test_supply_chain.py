@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .baking import TOOLS_DIR, bake
+from .baking import TOOLS_DIR, bake, clean_environment
 
 # `uses: owner/repo@<full commit> # vX.Y.Z`: the commit is what runs, the comment is for people
 # and for Dependabot, which updates both together.
@@ -121,3 +121,27 @@ def test_ruff_is_pinned_to_the_version_of_the_commit_hook(github_project: Path) 
     hooks = yaml.safe_load((github_project / ".pre-commit-config.yaml").read_text())
     (ruff_hook,) = [repo for repo in hooks["repos"] if repo["repo"].endswith("/ruff-pre-commit")]
     assert ruff_hook["rev"] == "v" + pins[0].removeprefix("ruff==")
+
+
+@pytest.mark.slow
+def test_make_audit_never_passes_having_audited_nothing(
+    github_project: Path, bake_venv: Path
+) -> None:
+    """Where PyPI's advisories cannot be read for a package, `make audit` fails and names it.
+
+    Whether this machine reaches pypi.org decides which way it goes; either is fine, but a
+    pass that skipped packages ("could not be audited") is not.
+    """
+    result = subprocess.run(
+        ["make", "audit", f"VENV={bake_venv}"],
+        cwd=github_project,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    if result.returncode == 0:
+        assert "could not be audited" not in output, output
+        assert "No known vulnerabilities found" in output, output
