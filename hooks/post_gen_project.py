@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -162,6 +163,26 @@ def record_answers(project: Path, context: Mapping[str, object]) -> None:
     (project / ".cookiecutter.json").write_text(text, encoding="utf-8")
 
 
+def next_steps(project: Path) -> str:
+    """What to type next: `cd` into the project, then the README's first commands as they are.
+
+    Read from the rendered README, so the two cannot disagree. The README holds no secret.
+    """
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    quickstart = re.search(
+        r"^## From zero to a logged-in request$.*?^```sh$\n(.*?)^```$", readme, re.DOTALL | re.M
+    )
+    lines = [
+        f"Next steps for {project} (its README.md, 'From zero to a logged-in request'):",
+        f"  cd {project}",
+    ]
+    if quickstart is None:
+        lines.append("  then follow README.md")
+    else:
+        lines.extend(f"  {line}" for line in quickstart[1].splitlines())
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     context = json.loads(ANSWERS_JSON)
     project = Path.cwd()
@@ -173,6 +194,7 @@ def main() -> int:
     except HookError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    print(next_steps(project), end="")
     return 0
 
 

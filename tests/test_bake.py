@@ -95,6 +95,7 @@ def test_only_the_chosen_options_remain(baked: tuple[dict[str, str], Path]) -> N
     answers, project = baked
     ci = answers.get("ci", "github")
     assert (project / ".github" / "workflows" / "ci.yml").exists() == (ci == "github")
+    assert (project / ".github" / "dependabot.yml").exists() == (ci == "github")
     assert (project / ".gitlab-ci.yml").exists() == (ci == "gitlab")
     assert not (project / "licenses").exists()
     license_text = (project / "LICENSE").read_text()
@@ -236,3 +237,38 @@ def test_secrets_are_never_printed(tmp_path: Path) -> None:
         if line.startswith(("APP_JWT_SECRET=", "REDIS_PASSWORD=")):
             secret = line.split("=", 1)[1]
             assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "ES256"])
+def test_a_bake_prints_the_next_steps_and_no_secret(tmp_path: Path, algorithm: str) -> None:
+    """The steps are the README's quickstart, after a `cd`; nothing from `.env` or `keys/`."""
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            TEMPLATE_DIR,
+            "--output-dir",
+            tmp_path,
+            f"jwt_algorithm={algorithm}",
+        ],
+        cwd=tmp_path,
+        env=clean_environment(),
+    )
+    project = tmp_path / "auth-service"
+    printed = result.stdout + result.stderr
+    assert f"  cd {project}\n" in printed
+    for step in ("make install", "redis-server", "create-user alice", "make run", "curl -H"):
+        assert step in printed
+    readme = (project / "README.md").read_text()
+    for line in printed.splitlines()[2:]:
+        assert line.removeprefix("  ") in readme
+    secrets = [
+        line.split("=", 1)[1]
+        for line in (project / ".env").read_text().splitlines()
+        if line.startswith(("APP_JWT_SECRET=", "REDIS_PASSWORD="))
+    ]
+    assert len(secrets) == (2 if algorithm == "HS256" else 1)
+    assert not [secret for secret in secrets if secret in printed]
+    assert "PRIVATE KEY" not in printed

@@ -172,3 +172,20 @@ def test_pruning_keeps_only_the_chosen_ci_and_license(tmp_path: Path) -> None:
     post.choose_license(tmp_path, "Apache-2.0")
     assert sorted(path.name for path in tmp_path.iterdir()) == [".gitlab-ci.yml", "LICENSE"]
     assert (tmp_path / "LICENSE").read_text() == "Apache-2.0"
+
+
+def test_next_steps_are_the_readme_quickstart_after_a_cd(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text(
+        "# Service\n\n## From zero to a logged-in request\n\nText.\n\n"
+        "```sh\nmake install   # a comment\nmake run &\n```\n\n```sh\nnot this\n```\n"
+    )
+    steps = post.next_steps(tmp_path).splitlines()
+    assert steps[1:] == [f"  cd {tmp_path}", "  make install   # a comment", "  make run &"]
+
+
+def test_next_steps_without_the_quickstart_point_to_the_readme(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("# Service\n\n```sh\nmake run\n```\n")
+    assert post.next_steps(tmp_path).splitlines()[1:] == [
+        f"  cd {tmp_path}",
+        "  then follow README.md",
+    ]
