@@ -141,6 +141,26 @@ async def test_doc_pages_load_every_asset_from_the_service(
         assert answer.content, url
 
 
+# What a Content-Security-Policy of the docs may allow: no source names a host.
+LOCAL_SOURCES = {"'self'", "'none'", "'unsafe-inline'", "data:", "blob:"}
+
+
+@pytest.mark.parametrize("page", [*DOC_PAGES, "/docs/oauth2-redirect"])
+async def test_doc_pages_forbid_the_browser_other_origins(
+    client: httpx.AsyncClient, page: str
+) -> None:
+    """Whatever the bundled scripts try (ReDoc fetches a logo from its CDN), the browser loads,
+    connects to and runs nothing from another origin on these pages."""
+    policy = (await client.get(page)).headers["content-security-policy"]
+    directives = {
+        name: sources for name, *sources in (directive.split() for directive in policy.split(";"))
+    }
+    assert directives["default-src"] == ["'self'"]
+    assert directives["frame-ancestors"] == ["'none'"]  # no other site frames the Authorize form
+    allowed = {source for sources in directives.values() for source in sources}
+    assert allowed <= LOCAL_SOURCES
+
+
 async def test_doc_pages_follow_a_proxy_prefix(settings: Settings) -> None:
     """Behind a proxy that serves the app under /api (uvicorn --root-path), the browser must
     ask for /api/... ."""
