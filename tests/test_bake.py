@@ -115,7 +115,8 @@ def test_the_project_name_titles_the_api(baked: tuple[dict[str, str], Path]) -> 
     _, project = baked
     recorded = json.loads((project / ".cookiecutter.json").read_text())
     main = (project / "src" / recorded["package_name"] / "main.py").read_text()
-    assert f'FastAPI(title="{recorded["project_name"]}"' in main
+    title = re.escape(recorded["project_name"])
+    assert re.search(rf'FastAPI\(\s*title="{title}"', main)
 
 
 def distinct_modification_times(project: Path) -> None:

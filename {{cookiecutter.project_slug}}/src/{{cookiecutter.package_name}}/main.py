@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import metrics
+from . import docs, metrics
 from .api import health, jwks, me
 from .auth import routes as auth_routes
 from .auth.jwks import RemoteKeys
@@ -58,12 +58,21 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
                 await per_request.aclose()
             await close_redis(redis)
 
-    app = FastAPI(title="{{ cookiecutter.project_name }}", lifespan=lifespan)
+    app = FastAPI(
+        title="{{ cookiecutter.project_name }}",
+        lifespan=lifespan,
+        # FastAPI's own docs load their assets from a CDN; docs.py serves them from here.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=docs.OPENAPI_URL if settings.serves_docs else None,
+    )
     app.state.settings = settings
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     install_error_handlers(app)
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
     app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies)
+    if settings.serves_docs:
+        docs.install_docs(app)
     app.include_router(health.router)
     if settings.metrics:
         app.include_router(metrics.router)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     # GET /metrics (Prometheus); on the app's port, so never publish that port beyond loopback.
     metrics: bool = True
+    # /docs, /redoc and /openapi.json. None: on in development, off in production, where the
+    # document would show every route and parameter to anyone who can reach the port.
+    docs: bool | None = None
 
     @field_validator("rate_limit", "login_rate_limit", mode="before")
     @classmethod
@@ -125,6 +128,13 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "json" if self.environment == "production" else "text"
+
+    @property
+    def serves_docs(self) -> bool:
+        """The API docs and the OpenAPI document are served (`APP_DOCS`, else by environment)."""
+        if self.docs is not None:
+            return self.docs
+        return self.environment != "production"
 
     @property
     def checks_sessions(self) -> bool:
