@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -229,9 +229,8 @@ def set_password(args: argparse.Namespace) -> int:
     session of theirs ends, so whoever knew the old password is logged out."""
     command, name = "set-password", args.name
     settings = load_settings()
-    store = FileUserStore(settings.users_file)
     try:
-        known = name in store.read_all()  # before asking for a password that would be wasted
+        known = name in FileUserStore(settings.users_file).read_all()  # before asking for one
     except (OSError, ValueError) as error:
         return unreadable(command, settings, error)
     if not known:
@@ -244,89 +243,90 @@ def set_password(args: argparse.Namespace) -> int:
         print(f"error: {command}: {problem}", file=sys.stderr)
         return 2
     password_hash = password_hasher(settings).hash(password)
-    return change_then_end_sessions(
-        command,
-        name,
-        lambda user: replace(user, password_hash=password_hash),
-        "password_changed",
-        "set a new password for",
-    )
+    status = change_user(command, settings, name, "password_changed", password_hash=password_hash)
+    if status != 0:
+        return status
+    done = f"set a new password for user {name} in {settings.users_file}"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    print(f"{done}; ended {ended} session(s)")
+    return 0
 
 
 def disable_user(args: argparse.Namespace) -> int:
-    """Refuse the user's logins and refreshes, and end every session of theirs."""
-    return change_then_end_sessions(
-        "disable-user",
-        args.name,
-        lambda user: replace(user, disabled=True),
-        "user_disabled",
-        "disabled",
-    )
+    """Refuse the user's logins and refreshes, then end every session of theirs."""
+    command, name = "disable-user", args.name
+    settings = load_settings()
+    status = change_user(command, settings, name, "user_disabled", disabled=True)
+    if status != 0:
+        return status
+    done = f"disabled user {name} in {settings.users_file}"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    print(f"{done}; ended {ended} session(s)")
+    return 0
 
 
 def enable_user(args: argparse.Namespace) -> int:
     """Let a disabled user log in again (their old sessions stay ended)."""
     command, name = "enable-user", args.name
     settings = load_settings()
-    try:
-        found = FileUserStore(settings.users_file).change(
-            name, lambda user: replace(user, disabled=False)
-        )
-    except (OSError, ValueError) as error:
-        return unreadable(command, settings, error)
-    if not found:
-        return unknown_user(command, name, settings)
-    log_to_stderr(settings.logs_as)
-    audit.event("user_enabled", client="cli", sub=name)
+    status = change_user(command, settings, name, "user_enabled", disabled=False)
+    if status != 0:
+        return status
     print(f"enabled user {name} in {settings.users_file}")
     return 0
 
 
 def delete_user(args: argparse.Namespace) -> int:
-    """Disable the user and end their sessions, then remove them from the file.
+    """Disable the user, end every session of theirs, then remove them from the file.
 
     Disabled first, not removed first: if the sessions cannot be ended, the user stays in the
     file, disabled, and running `delete-user` again finishes the job (a user already removed
     would be unknown to it)."""
     command, name = "delete-user", args.name
-    status = change_then_end_sessions(
-        command,
-        name,
-        lambda user: replace(user, disabled=True),
-        "user_disabled",
-        "disabled (not yet deleted)",
-        report=False,
-    )
+    settings = load_settings()
+    status = change_user(command, settings, name, "user_disabled", disabled=True)
     if status != 0:
         return status
-    settings = load_settings()
-    try:
-        found = FileUserStore(settings.users_file).change(name, lambda user: None)
-    except (OSError, ValueError) as error:
-        return unreadable(command, settings, error)
-    if not found:  # removed by someone else in between: the outcome asked for
-        return 0
-    audit.event("user_deleted", client="cli", sub=name)
-    print(f"deleted user {name} from {settings.users_file}; their sessions have ended")
+    done = f"disabled user {name} in {settings.users_file} (not deleted yet)"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    status = change_user(command, settings, name, "user_deleted", delete=True)
+    if status != 0:
+        return status
+    print(f"deleted user {name} from {settings.users_file}; ended {ended} session(s)")
     return 0
 
 
-def change_then_end_sessions(
+def change_user(
     command: str,
+    settings: Settings,
     name: str,
-    edit: Callable[[User], User],
     event: str,
-    done: str,
     *,
-    report: bool = True,
+    password_hash: str | None = None,
+    disabled: bool | None = None,
+    delete: bool = False,
 ) -> int:
-    """Apply `edit` to user `name` in the users file, then end every session of theirs.
+    """Change user `name` in the users file (0), or say why not in one line (2).
 
-    The file first: from then on the user can neither log in nor refresh (both look the user up,
-    and a login looks again once its session exists), so once the sessions are ended no new one
-    appears. The other order would leave a moment to log in again in between.
+    The commands that end sessions change the file first: from then on the user can neither log
+    in nor refresh (both look the user up, and a login looks again once its session exists), so
+    no session appears after the sessions are ended. The other order would leave a moment in
+    between to log in again.
     """
-    settings = load_settings()
+
+    def edit(user: User) -> User | None:
+        if delete:
+            return None
+        if password_hash is not None:
+            user = replace(user, password_hash=password_hash)
+        return user if disabled is None else replace(user, disabled=disabled)
+
     try:
         found = FileUserStore(settings.users_file).change(name, edit)
     except (OSError, ValueError) as error:
@@ -335,24 +335,13 @@ def change_then_end_sessions(
         return unknown_user(command, name, settings)
     log_to_stderr(settings.logs_as)
     audit.event(event, client="cli", sub=name)
-    try:
-        ended = end_sessions(settings, name)
-    except (RedisError, OSError, TimeoutError) as error:
-        print(
-            f"error: {command}: {done} user {name} in {settings.users_file}, but their sessions "
-            f"could not be ended: Redis did not answer ({type(error).__name__}); run {command} "
-            "again once it does",
-            file=sys.stderr,
-        )
-        return 1
-    if report:
-        print(f"{done} user {name} in {settings.users_file}; ended {ended} session(s)")
     return 0
 
 
-def end_sessions(settings: Settings, name: str) -> int:
+def end_sessions(command: str, settings: Settings, name: str, done: str) -> int | None:
     """End every session of `name` with the script `POST /auth/logout-all` runs; how many were
-    alive. Raises what redis-py raises when Redis does not answer."""
+    alive. None, after one line saying what was `done` and what was not, when Redis does not
+    answer: the file has changed, and the command should be run again."""
     from .auth.sessions import SessionStore
     from .redis import close_redis, create_redis
 
@@ -363,7 +352,15 @@ def end_sessions(settings: Settings, name: str) -> int:
         finally:
             await close_redis(redis)
 
-    return asyncio.run(revoke_all())
+    try:
+        return asyncio.run(revoke_all())
+    except (RedisError, OSError, TimeoutError) as error:
+        print(
+            f"error: {command}: {done}, but could not end their sessions: Redis did not answer "
+            f"({type(error).__name__}); run {command} again once it does",
+            file=sys.stderr,
+        )
+        return None
 
 
 def unknown_user(command: str, name: str, settings: Settings) -> int:
