@@ -1,5 +1,5 @@
-"""Command line: `python -m {{ cookiecutter.package_name }} serve | rotate-keys` and the user commands
-`create-user | list-users | set-password | disable-user | enable-user | delete-user`."""
+"""Command line: `python -m {{ cookiecutter.package_name }} <command>`: serve, rotate-keys, and the
+user commands create-user, list-users, set-password, disable-user, enable-user, delete-user."""
 
 from __future__ import annotations
 
