@@ -358,4 +358,10 @@ def test_openapi_offers_the_password_flow_on_protected_routes_only(settings: Set
         for method, operation in operations.items()
         if operation.get("security") == [{"BearerToken": []}]
     }
-    assert secured == {"GET /me", "POST /auth/logout", "POST /auth/logout-all"}
+    assert secured == {
+        "GET /me",
+        "GET /items",
+        "POST /items",
+        "POST /auth/logout",
+        "POST /auth/logout-all",
+    }

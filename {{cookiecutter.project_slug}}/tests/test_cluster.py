@@ -8,10 +8,12 @@ one node), and the test users really are spread over more than one node.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from redis import Redis
@@ -25,6 +27,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from .conftest import make_settings, running
 from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
 from .redis_cluster import RedisClusterServers
+from .test_processes import environment_for
 
 pytestmark = pytest.mark.anyio
 
@@ -274,3 +277,31 @@ async def test_login_gives_successes_back_and_limits_failures_on_the_cluster(
     assert slots == {key_slot(hash_tag("login").encode())}
     for key in keys:
         assert 0 < inspector[node].pttl(key) <= 60_000, key
+
+
+async def test_items_and_disable_user_on_the_cluster(
+    cluster: RedisClusterServers, key_files: dict[str, Path], cluster_settings: Settings
+) -> None:
+    """The example router's key and the script `disable-user` shares with logout-all each touch
+    one slot; the command, run as an operator runs it, ends the sessions on the cluster."""
+    settings, name = cluster_settings, "cluster-writer"
+    add_user(settings, name, scopes=["read", "write"])
+    environment = environment_for(settings, cluster.url, key_files)
+    async with running(create_app(settings)) as client:
+        pairs = [await login(client, name) for _ in range(2)]
+        headers = bearer(pairs[0]["access_token"])
+        added = await client.post("/items", json={"text": "on a cluster"}, headers=headers)
+        assert added.status_code == 201
+        listed = await client.get("/items", headers=headers)
+        assert listed.json() == {"items": [{"text": "on a cluster"}]}
+
+        result = await anyio.run_process(
+            [sys.executable, "-m", "{{ cookiecutter.package_name }}", "disable-user", name],
+            env={**environment, "APP_REDIS_CLUSTER": "true"},
+            cwd=settings.users_file.parent,  # no .env there
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().endswith("; ended 2 session(s)\n")
+        for pair in pairs:
+            assert_invalid_token(await me(client, pair["access_token"]))

@@ -33,6 +33,8 @@ STATUSES = {
     ("post", "/auth/logout"): {"204", "401", "429", "503"},
     ("post", "/auth/logout-all"): {"204", "401", "429", "503"},
     ("get", "/me"): {"200", "401", "429", "503"},
+    ("get", "/items"): {"200", "401", "403", "429", "503"},
+    ("post", "/items"): {"201", "400", "401", "403", "413", "422", "429", "503"},
 }
 REQUIRED_HEADERS = {
     "401": {"WWW-Authenticate"},
@@ -86,7 +88,7 @@ def served_api(
     """One `serve` process for every schemathesis example, with limits no example reaches."""
     folder = tmp_path_factory.mktemp("openapi")
     settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    add_user(settings, USER, scopes=["read"])
+    add_user(settings, USER, scopes=["read", "write"])  # so the /items examples get past 403
     try:
         with logged_service(settings, redis_url, key_files, folder) as (service, log):
             yield settings, service, log

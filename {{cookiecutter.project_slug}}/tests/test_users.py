@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,42 @@ async def test_the_store_round_trips_users(tmp_path: Path) -> None:
     assert await store.get("alice") == user("alice", "read")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [entry.name for entry in path.parent.iterdir()] == ["users.json"]  # no temp files
+
+
+@pytest.mark.anyio
+async def test_a_disabled_user_stays_disabled_until_enabled(tmp_path: Path) -> None:
+    """`create-user` on a disabled user's name replaces password and scopes, not the state;
+    a file from before the flag existed reads as everyone enabled."""
+    path = tmp_path / "users.json"
+    path.write_text(
+        json.dumps({"version": 1, "users": {"alice": {"password_hash": "x", "scopes": []}}})
+    )
+    store = FileUserStore(path)
+    assert await store.get("alice") == User(name="alice", password_hash="x", scopes=frozenset())
+    assert store.change("alice", lambda found: replace(found, disabled=True)) is True
+    assert store.put(user("alice", "read")) is False
+    assert await store.get("alice") == replace(user("alice", "read"), disabled=True)
+    assert store.change("alice", lambda found: None) is True
+    assert store.change("alice", lambda found: found) is False  # no such user: nothing written
+    assert await store.get("alice") is None
+
+
+def test_a_change_holds_the_writers_lock(tmp_path: Path) -> None:
+    """Each read-change-write holds an exclusive lock on the file's folder, so a second writer
+    waits instead of writing back a copy read before this change."""
+    store = FileUserStore(tmp_path / "users.json")
+    store.put(user("alice"))
+
+    def try_to_lock(found: User) -> User:
+        other = os.open(tmp_path, os.O_RDONLY)  # another open file: another would-be writer
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        return found
+
+    assert store.change("alice", try_to_lock) is True
 
 
 def test_a_failed_write_leaves_the_old_file_intact(

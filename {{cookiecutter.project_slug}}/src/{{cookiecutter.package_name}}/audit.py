@@ -1,6 +1,7 @@
 """The audit trail: who logged in, failed to, was limited, refreshed, reused a spent refresh
-token, logged out; which users were created or updated. One line per event on the logger
-`<package>.audit`, so it can be routed apart from the rest (see the README's Logs section).
+token, logged out; which users were created, updated, disabled, enabled, deleted or given a new
+password. One line per event on the logger `<package>.audit`, so it can be routed apart from
+the rest (see the README's Logs section).
 
 Each line names the `event`, the `sub` when it is known, and the `client` (an address, or `cli`
 for commands); the request id comes with every line of a request (`logs.REQUEST_ID`). Never a

@@ -1,8 +1,10 @@
-"""Command line: `python -m {{ cookiecutter.package_name }} serve | create-user | rotate-keys`."""
+"""Command line: `python -m {{ cookiecutter.package_name }} <command>`: serve, rotate-keys, and the
+user commands create-user, list-users, set-password, disable-user, enable-user, delete-user."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import getpass
 import os
@@ -11,11 +13,13 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from . import audit
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
@@ -139,12 +143,12 @@ def run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
-def read_password() -> str | None:
+def read_password(command: str) -> str | None:
     """The new password: typed twice at a terminal, else the first line of stdin."""
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat it: ") != password:
-            print("error: create-user: the passwords do not match", file=sys.stderr)
+            print(f"error: {command}: the passwords do not match", file=sys.stderr)
             return None
         return password
     return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
@@ -180,7 +184,7 @@ def create_user(args: argparse.Namespace) -> int:
         )
         return 2
     settings = load_settings()
-    password = read_password()
+    password = read_password("create-user")
     if password is None:
         return 2
     problem = password_problem(password)
@@ -195,6 +199,180 @@ def create_user(args: argparse.Namespace) -> int:
     listed = " ".join(sorted(scopes)) or "(none)"
     print(f"{action} user {name} in {settings.users_file}; scopes: {listed}")
     return 0
+
+
+# The user commands below answer 0 when done; 2 when they changed nothing (an unknown user, bad
+# input); 1 when the users file was changed but the user's sessions could not be ended (Redis did
+# not answer), so the command should be run again: each of them may be repeated.
+
+
+def list_users(args: argparse.Namespace) -> int:
+    """Each user's name, state and scopes; never a password hash."""
+    settings = load_settings()
+    try:
+        users = FileUserStore(settings.users_file).read_all()
+    except (OSError, ValueError) as error:
+        return unreadable("list-users", settings, error)
+    if not users:
+        print(f"no users in {settings.users_file}")
+        return 0
+    width = max(len("NAME"), *(len(name) for name in users))
+    print(f"{'NAME':<{width}}  STATE     SCOPES")
+    for name, user in sorted(users.items()):
+        state = "disabled" if user.disabled else "enabled"
+        print(f"{name:<{width}}  {state:<8}  {' '.join(sorted(user.scopes)) or '(none)'}")
+    return 0
+
+
+def set_password(args: argparse.Namespace) -> int:
+    """A new password for an existing user, read like `create-user` reads one; then every
+    session of theirs ends, so whoever knew the old password is logged out."""
+    command, name = "set-password", args.name
+    settings = load_settings()
+    try:
+        known = name in FileUserStore(settings.users_file).read_all()  # before asking for one
+    except (OSError, ValueError) as error:
+        return unreadable(command, settings, error)
+    if not known:
+        return unknown_user(command, name, settings)
+    password = read_password(command)
+    if password is None:
+        return 2
+    problem = password_problem(password)
+    if problem is not None:
+        print(f"error: {command}: {problem}", file=sys.stderr)
+        return 2
+    password_hash = password_hasher(settings).hash(password)
+    status = change_user(command, settings, name, "password_changed", password_hash=password_hash)
+    if status != 0:
+        return status
+    done = f"set a new password for user {name} in {settings.users_file}"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    print(f"{done}; ended {ended} session(s)")
+    return 0
+
+
+def disable_user(args: argparse.Namespace) -> int:
+    """Refuse the user's logins and refreshes, then end every session of theirs."""
+    command, name = "disable-user", args.name
+    settings = load_settings()
+    status = change_user(command, settings, name, "user_disabled", disabled=True)
+    if status != 0:
+        return status
+    done = f"disabled user {name} in {settings.users_file}"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    print(f"{done}; ended {ended} session(s)")
+    return 0
+
+
+def enable_user(args: argparse.Namespace) -> int:
+    """Let a disabled user log in again (their old sessions stay ended)."""
+    command, name = "enable-user", args.name
+    settings = load_settings()
+    status = change_user(command, settings, name, "user_enabled", disabled=False)
+    if status != 0:
+        return status
+    print(f"enabled user {name} in {settings.users_file}")
+    return 0
+
+
+def delete_user(args: argparse.Namespace) -> int:
+    """Disable the user, end every session of theirs, then remove them from the file.
+
+    Disabled first, not removed first: if the sessions cannot be ended, the user stays in the
+    file, disabled, and running `delete-user` again finishes the job (a user already removed
+    would be unknown to it)."""
+    command, name = "delete-user", args.name
+    settings = load_settings()
+    status = change_user(command, settings, name, "user_disabled", disabled=True)
+    if status != 0:
+        return status
+    done = f"disabled user {name} in {settings.users_file} (not deleted yet)"
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    status = change_user(command, settings, name, "user_deleted", delete=True)
+    if status != 0:
+        return status
+    print(f"deleted user {name} from {settings.users_file}; ended {ended} session(s)")
+    return 0
+
+
+def change_user(
+    command: str,
+    settings: Settings,
+    name: str,
+    event: str,
+    *,
+    password_hash: str | None = None,
+    disabled: bool | None = None,
+    delete: bool = False,
+) -> int:
+    """Change user `name` in the users file (0), or say why not in one line (2).
+
+    The commands that end sessions change the file first: from then on the user can neither log
+    in nor refresh (both look the user up, and a login looks again once its session exists), so
+    no session appears after the sessions are ended. The other order would leave a moment in
+    between to log in again.
+    """
+
+    def edit(user: User) -> User | None:
+        if delete:
+            return None
+        if password_hash is not None:
+            user = replace(user, password_hash=password_hash)
+        return user if disabled is None else replace(user, disabled=disabled)
+
+    try:
+        found = FileUserStore(settings.users_file).change(name, edit)
+    except (OSError, ValueError) as error:
+        return unreadable(command, settings, error)
+    if not found:
+        return unknown_user(command, name, settings)
+    log_to_stderr(settings.logs_as)
+    audit.event(event, client="cli", sub=name)
+    return 0
+
+
+def end_sessions(command: str, settings: Settings, name: str, done: str) -> int | None:
+    """End every session of `name` with the script `POST /auth/logout-all` runs; how many were
+    alive. None, after one line saying what was `done` and what was not, when Redis does not
+    answer: the file has changed, and the command should be run again."""
+    from .auth.sessions import SessionStore
+    from .redis import close_redis, create_redis
+
+    async def revoke_all() -> int:
+        redis = create_redis(settings)
+        try:
+            return await SessionStore(redis, settings).revoke_all(name)
+        finally:
+            await close_redis(redis)
+
+    try:
+        return asyncio.run(revoke_all())
+    except (RedisError, OSError, TimeoutError) as error:
+        print(
+            f"error: {command}: {done}, but could not end their sessions: Redis did not answer "
+            f"({type(error).__name__}); run {command} again once it does",
+            file=sys.stderr,
+        )
+        return None
+
+
+def unknown_user(command: str, name: str, settings: Settings) -> int:
+    print(f"error: {command}: no user named {name!r} in {settings.users_file}", file=sys.stderr)
+    return 2
+
+
+def unreadable(command: str, settings: Settings, error: OSError | ValueError) -> int:
+    """The users file cannot be read or parsed: one line, never its content."""
+    reason = error.strerror if isinstance(error, OSError) else "not a valid users file"
+    print(f"error: {command}: {settings.users_file}: {reason}", file=sys.stderr)
+    return 2
 
 
 def rotate_keys(args: argparse.Namespace) -> int:
@@ -253,6 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     user_parser.add_argument("name")
     user_parser.add_argument("--scopes", default="", help='space-separated, e.g. "read write"')
     user_parser.set_defaults(handler=create_user)
+
+    list_parser = commands.add_parser("list-users", help="each user's name, state and scopes")
+    list_parser.set_defaults(handler=list_users)
+    for name, handler, summary in (
+        (
+            "set-password",
+            set_password,
+            "a new password, read from stdin, never from argv; ends the user's sessions",
+        ),
+        ("disable-user", disable_user, "refuse the user's logins and end their sessions"),
+        ("enable-user", enable_user, "let a disabled user log in again"),
+        ("delete-user", delete_user, "remove the user and end their sessions"),
+    ):
+        command_parser = commands.add_parser(name, help=summary)
+        command_parser.add_argument("name")
+        command_parser.set_defaults(handler=handler)
 
     rotate_parser = commands.add_parser(
         "rotate-keys",

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import docs, metrics
-from .api import health, jwks, me
+from .api import health, items, jwks, me
 from .auth import routes as auth_routes
 from .auth.jwks import RemoteKeys
 from .auth.keys import load_key_set
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         app.state.outage = outage
         app.state.sessions = SessionStore(redis, settings, per_request)
         app.state.limiter = Limiter(per_request or redis, settings, outage)
+        app.state.items = items.ItemStore(redis, settings)  # the example router's data
         if remote_keys is not None:
             await remote_keys.start()  # not ready until the issuer's keys are here
         try:
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
             app.include_router(jwks.router)
         app.include_router(auth_routes.router)
     app.include_router(me.router)
+    app.include_router(items.router)  # the example router: replace it with your own
     return app

@@ -105,11 +105,23 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 AUTHENTICATED = errors.responses(401, 429, 503)
 
 
-def require_scopes(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency that admits only principals holding every one of `scopes` (else 403)."""
-    needed = frozenset(scopes)
+def require_scopes(
+    *scopes: str, authenticated: Authenticated = current_principal
+) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that admits only principals holding every one of `scopes` (else 403).
 
-    async def principal_with_scopes(principal: CurrentPrincipal) -> Principal:
+    `authenticated` finds the principal: by default under the user's limit (`APP_RATE_LIMIT`);
+    pass `limited_principal(...)` for a route with a limit of its own, which the scope check
+    then shares (still one Redis call, from one bucket):
+
+        Writer = Annotated[
+            Principal, Depends(require_scopes("write", authenticated=limited_principal(...)))
+        ]
+    """
+    needed = frozenset(scopes)
+    caller = Depends(authenticated)  # not a default's call: FastAPI reads the object
+
+    async def principal_with_scopes(principal: Principal = caller) -> Principal:
         if not needed <= principal.scopes:
             metrics.auth_rejected("scope")
             raise errors.insufficient_scope(needed)

@@ -15,7 +15,7 @@ from .dependencies import AUTHENTICATED, CurrentPrincipal
 from .passwords import MAX_PASSWORD_LENGTH
 from .sessions import ReuseDetected, Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
-from .users import USERNAME_PATTERN
+from .users import USERNAME_PATTERN, User, UserStore
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -56,8 +56,9 @@ async def login(
 
     Each attempt is taken from the client address's and the account's budgets
     (`APP_LOGIN_RATE_LIMIT`) before any password is checked, and given back when the password is
-    right: only failed attempts use the budgets up. An unknown user and a wrong password take the
-    same path, the same time and the same 401.
+    right: only failed attempts use the budgets up. An unknown user, a disabled one and a wrong
+    password take the same path, the same time and the same 401 (the attempt is not given back
+    for a disabled user either, so not even the RateLimit header tells them apart).
     """
     state = request.app.state
     client, rate = client_of(request), state.settings.login_rate_limit
@@ -67,23 +68,39 @@ async def login(
     enforce(decision, rate, LOGIN_POLICY, response)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
-    if not await state.password_checker.check(password_hash, password) or user is None:
+    matches = await state.password_checker.check(password_hash, password)
+    if not matches or user is None or user.disabled:
         # The account only when it exists: an unknown name may be a mistyped password.
         audit.event("login_failed", client=client, sub=None if user is None else user.name)
         raise errors.login_failed()
     refunded = await state.limiter.login_succeeded(client, username)
     response.headers.update(refunded.headers(rate, LOGIN_POLICY))
     session = await state.sessions.create(user.name, user.scopes)
+    # The user commands change the user first and end the sessions after. A user disabled,
+    # deleted or given a new password while this login checked the old one would otherwise keep
+    # a session opened after those sessions were ended: so look again, now that it exists.
+    if not await still_valid(state.users, user):
+        await state.sessions.revoke(session.sub, session.sid)
+        audit.event("login_failed", client=client, sub=user.name)
+        raise errors.login_failed()
     audit.event("login_succeeded", client=client, sub=user.name)
     return token_pair(request, session, response)
+
+
+async def still_valid(users: UserStore, user: User) -> bool:
+    """`user` still exists, enabled, with the password hash the login checked."""
+    current = await users.get(user.name)
+    if current is None or current.disabled:
+        return False
+    return current.password_hash == user.password_hash
 
 
 @router.post("/refresh", responses=errors.responses(400, 401, 413, 422, 503))
 async def refresh(request: Request, response: Response, body: RefreshRequest) -> TokenPair:
     """A new token pair for a refresh token, which is now spent: using it again ends the session.
 
-    The user is looked up again: a user removed since login loses the session here, and the new
-    access token carries only scopes the user still has (never more than at login).
+    The user is looked up again: a user removed or disabled since login loses the session here,
+    and the new access token carries only scopes the user still has (never more than at login).
     """
     state = request.app.state
     parsed = parse_refresh_token(body.refresh_token)
@@ -91,7 +108,7 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
         raise errors.invalid_token()
     # The user first: if the store fails, the refresh token is not spent yet and still works.
     user = await state.users.get(parsed[0])
-    if user is None:
+    if user is None or user.disabled:
         await state.sessions.revoke(*parsed)
         raise errors.invalid_token()
     session = await state.sessions.rotate_refresh(body.refresh_token)

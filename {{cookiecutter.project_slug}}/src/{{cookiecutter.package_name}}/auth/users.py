@@ -1,18 +1,21 @@
 """Users: who may log in, with which password hash and scopes.
 
 `UserStore` is the extension point. The default, `FileUserStore`, keeps users in one JSON file
-(`APP_USERS_FILE`) that `python -m {{ cookiecutter.package_name }} create-user` writes; a running
-service notices the change at the next login, without a restart.
+(`APP_USERS_FILE`) that `python -m {{ cookiecutter.package_name }} create-user` and the other user
+commands write; a running service notices the change at the next login, without a restart.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +33,7 @@ class User:
     name: str
     password_hash: str  # argon2 PHC string; never logged
     scopes: frozenset[str]
+    disabled: bool = False  # may not log in or refresh (`disable-user`)
 
 
 class UserStore(Protocol):
@@ -38,7 +42,9 @@ class UserStore(Protocol):
     To keep users elsewhere (a database, a directory), write a class with this one async method
     and pass an instance to `create_app(settings, users=...)`. Return None for an unknown name;
     the login route then spends the same time on a dummy hash, so callers cannot tell the two
-    apart. Raise on infrastructure failures rather than answering None.
+    apart. A user with `disabled=True` gets the answer of a wrong password, and no refresh. A
+    successful login asks twice: again once its session is open (see `auth/routes.py`).
+    Raise on infrastructure failures rather than answering None.
     """
 
     async def get(self, name: str) -> User | None: ...
@@ -48,8 +54,10 @@ class FileUserStore:
     """Users in a JSON file, re-read whenever it changes, replaced atomically on every write.
 
     The lookup costs one `os.stat`; the file is parsed again only when its identity, size or
-    modification time differ from what was last read. Writers are expected one at a time (the
-    `create-user` command); readers never see a half-written file.
+    modification time differ from what was last read. Readers never see a half-written file.
+    Writers (the user commands) take a lock on the file's directory for their read-change-write,
+    so two commands run at once cannot undo each other's change (a user disabled by one and
+    enabled again by the other's stale copy).
     """
 
     def __init__(self, path: Path) -> None:
@@ -63,12 +71,45 @@ class FileUserStore:
         return self._users.get(name)
 
     def put(self, user: User) -> bool:
-        """Add or replace `user`; True when the name was new."""
-        users = self._read()
-        created = user.name not in users
-        users[user.name] = user
-        self._write(users)
-        return created
+        """Add `user`, or replace the password and scopes of a user of that name, who stays
+        disabled if they were; True when the name was new."""
+        with self._locked():
+            users = self._read()
+            existing = users.get(user.name)
+            if existing is not None:
+                user = replace(user, disabled=existing.disabled)
+            users[user.name] = user
+            self._write(users)
+        return existing is None
+
+    def change(self, name: str, edit: Callable[[User], User | None]) -> bool:
+        """Replace user `name` by `edit(user)`, or remove them when it returns None; False, and
+        the file untouched, when there is no such user."""
+        with self._locked():
+            users = self._read()
+            if name not in users:
+                return False
+            edited = edit(users.pop(name))
+            if edited is not None:
+                users[name] = edited
+            self._write(users)
+        return True
+
+    def read_all(self) -> dict[str, User]:
+        """Every user, read from the file now; OSError or ValueError when it cannot be read."""
+        return self._read()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the file's directory: the file itself is replaced by each
+        write, so a lock on it would not outlive the write. Released when the process ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
 
     def _reload_if_changed(self) -> None:
         try:
@@ -95,11 +136,14 @@ class FileUserStore:
 
     def _write(self, users: dict[str, User]) -> None:
         """Write a temporary file next to the real one, then rename it over (atomic on POSIX)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         document = {
             "version": FILE_VERSION,
             "users": {
-                name: {"password_hash": user.password_hash, "scopes": sorted(user.scopes)}
+                name: {
+                    "password_hash": user.password_hash,
+                    "scopes": sorted(user.scopes),
+                    "disabled": user.disabled,
+                }
                 for name, user in sorted(users.items())
             },
         }
@@ -125,9 +169,14 @@ def parse_users(document: Any) -> dict[str, User]:
         if not USERNAME_PATTERN.fullmatch(name) or not isinstance(entry, dict):
             raise ValueError("malformed user entry")
         password_hash, scopes = entry.get("password_hash"), entry.get("scopes")
+        disabled = entry.get("disabled", False)  # absent in files written before it existed
         if not isinstance(password_hash, str) or not isinstance(scopes, list):
+            raise ValueError("malformed user entry")
+        if not isinstance(disabled, bool):
             raise ValueError("malformed user entry")
         if not all(isinstance(scope, str) and SCOPE_PATTERN.fullmatch(scope) for scope in scopes):
             raise ValueError("malformed scope")
-        users[name] = User(name=name, password_hash=password_hash, scopes=frozenset(scopes))
+        users[name] = User(
+            name=name, password_hash=password_hash, scopes=frozenset(scopes), disabled=disabled
+        )
     return users
