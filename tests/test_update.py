@@ -96,25 +96,25 @@ def test_cruft_update_applies_the_template_change_and_nothing_else(
 
     added = change_template(template, PACKAGE)
     check = cruft_check(project)
-    assert check.returncode != 0, check.stdout
-    assert "out of date" in check.stdout
-    # What the project changed since its template commit: the team's edit only.
-    local_diff = cruft("diff", cwd=project).stdout
-    assert changed_paths(local_diff) == {"README.md"}, local_diff
-    assert TEAM_LINE.strip() in local_diff
-    # What an update would change: the template's lines, in their files only.
-    update_diff = cruft("diff", "--checkout", "main", cwd=project).stdout
-    assert changed_paths(update_diff) == set(added), update_diff
-    for line in added.values():
-        assert line.strip() in update_diff
-
+    local_diff = cruft("diff", cwd=project).stdout  # what the project changed since its commit
+    update_diff = cruft("diff", "--checkout", "main", cwd=project).stdout  # what an update brings
     update = cruft("update", "--skip-apply-ask", cwd=project)
+    # First, and without showing them: no secret was printed by any of these commands.
     printed = check.stdout + local_diff + update_diff + update.stdout + update.stderr
-    for secret in secrets:
-        assert secret not in printed
+    leaked = sum(secret in printed for secret in secrets)
+    assert not leaked, f"cruft printed {leaked} of the project's secrets"
+
+    assert check.returncode != 0
+    assert "out of date" in check.stdout
+    assert changed_paths(local_diff) == {"README.md"}  # the team's edit only
+    assert TEAM_LINE.strip() in local_diff
+    assert changed_paths(update_diff) == set(added)  # the template's change only
+    assert all(line.strip() in update_diff for line in added.values())
+
     assert "Good work!" in update.stdout, update.stdout + update.stderr
     assert not [path.name for path in project.rglob("*.rej")]
-    assert local_state(project) == state, "an update changed .env, keys/ or data/"
+    now = local_state(project)
+    assert not [name for name in state.keys() | now.keys() if state.get(name) != now.get(name)]
     assert git_status(project) == {".cruft.json", *added}
     for path, line in added.items():
         assert (project / path).read_text().endswith(line)
