@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,7 +18,15 @@ from cookiecutter.main import cookiecutter
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 BAKE_VENV = TEMPLATE_DIR / ".venv-bake"  # the generated projects' dependencies, reused across runs
-TOOLS_DIR = Path(sys.executable).parent  # this virtualenv's bin/: cookiecutter, hadolint
+TOOLS_DIR = Path(sys.executable).parent  # this virtualenv's bin/: cookiecutter, cruft, hadolint
+PROJECT_TEMPLATE = "{{cookiecutter.project_slug}}"
+# What cruft needs of the template: the answers, the hooks and the project tree.
+TEMPLATE_PARTS = ("cookiecutter.json", "hooks", PROJECT_TEMPLATE)
+# Lines a template change adds (see `change_template`): a comment in the package and a README line.
+TEMPLATE_CHANGE = {
+    "src/{package}/__init__.py": "# Added to the template after this project was created.\n",
+    "README.md": "\nA line added to the template after this project was created.\n",
+}
 
 
 def bake(output_dir: Path, **answers: Any) -> Path:
@@ -83,3 +93,104 @@ def install_into(venv: Path, project: Path) -> None:
         cwd=project,
         env=clean_environment(),
     )
+
+
+# Creating and updating with cruft, from a git repository of the template, as a team would.
+
+
+def git_environment() -> dict[str, str]:
+    """Git without the machine's own configuration (signing, hooks, default branch), with a name."""
+    return clean_environment(
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="Template Tests",
+        GIT_AUTHOR_EMAIL="tests@example.com",
+        GIT_COMMITTER_NAME="Template Tests",
+        GIT_COMMITTER_EMAIL="tests@example.com",
+    )
+
+
+def commit_all(repository: Path, message: str) -> None:
+    run(["git", "add", "--all"], cwd=repository, env=git_environment())
+    run(["git", "commit", "--quiet", "--message", message], cwd=repository, env=git_environment())
+
+
+def template_repository(destination: Path) -> Path:
+    """A git repository of this template's files at one commit (including uncommitted edits)."""
+    listed = run(
+        [
+            "git",
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            *TEMPLATE_PARTS,
+        ],
+        cwd=TEMPLATE_DIR,
+    ).stdout
+    for name in filter(None, listed.split("\0")):
+        source = TEMPLATE_DIR / name
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    run(
+        ["git", "init", "--quiet", "--initial-branch", "main"],
+        cwd=destination,
+        env=git_environment(),
+    )
+    commit_all(destination, "The template as it is")
+    return destination
+
+
+def cruft(*arguments: str | os.PathLike[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the cruft command line; fails the test when it exits non-zero."""
+    return run([TOOLS_DIR / "cruft", *arguments], cwd=cwd, env=git_environment())
+
+
+def cruft_create(template: Path, output_dir: Path, **answers: str) -> Path:
+    """`cruft create` without prompts, then the project's first commit; returns the project."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cruft(
+        "create",
+        "--no-input",
+        "--output-dir",
+        output_dir,
+        "--extra-context",
+        json.dumps(answers),
+        template,
+        cwd=output_dir,
+    )
+    (project,) = output_dir.iterdir()
+    run(["git", "init", "--quiet"], cwd=project, env=git_environment())
+    commit_all(project, "Created from the template")
+    return project
+
+
+def change_template(template: Path, package_name: str) -> dict[str, str]:
+    """Commit `TEMPLATE_CHANGE` to the template; returns the added text by generated path."""
+    added = {}
+    for generated, line in TEMPLATE_CHANGE.items():
+        source = (
+            template / PROJECT_TEMPLATE / generated.format(package="{{cookiecutter.package_name}}")
+        )
+        with source.open("a", encoding="utf-8") as file:
+            file.write(line)
+        added[generated.format(package=package_name)] = line
+    commit_all(template, "A change to the template")
+    return added
+
+
+def bake_updated_with_cruft(output_dir: Path, **answers: str) -> Path:
+    """A project made by `cruft create`, then brought up to a later template by `cruft update`."""
+    template = template_repository(output_dir / "template")
+    project = cruft_create(template, output_dir / "project", **answers)
+    package_name = json.loads((project / ".cookiecutter.json").read_text())["package_name"]
+    added = change_template(template, package_name)
+    cruft("update", "--skip-apply-ask", cwd=project)
+    assert not list(project.rglob("*.rej")), "cruft update left rejected hunks"
+    for path, line in added.items():
+        assert (project / path).read_text(encoding="utf-8").endswith(line), f"{path} not updated"
+    commit_all(project, "Updated from the template")
+    return project
