@@ -243,30 +243,18 @@ def set_password(args: argparse.Namespace) -> int:
         print(f"error: {command}: {problem}", file=sys.stderr)
         return 2
     password_hash = password_hasher(settings).hash(password)
-    status = change_user(command, settings, name, "password_changed", password_hash=password_hash)
-    if status != 0:
-        return status
     done = f"set a new password for user {name} in {settings.users_file}"
-    ended = end_sessions(command, settings, name, done)
-    if ended is None:
-        return 1
-    print(f"{done}; ended {ended} session(s)")
-    return 0
+    return change_then_end_sessions(
+        command, settings, name, "password_changed", done, password_hash=password_hash
+    )
 
 
 def disable_user(args: argparse.Namespace) -> int:
     """Refuse the user's logins and refreshes, then end every session of theirs."""
     command, name = "disable-user", args.name
     settings = load_settings()
-    status = change_user(command, settings, name, "user_disabled", disabled=True)
-    if status != 0:
-        return status
     done = f"disabled user {name} in {settings.users_file}"
-    ended = end_sessions(command, settings, name, done)
-    if ended is None:
-        return 1
-    print(f"{done}; ended {ended} session(s)")
-    return 0
+    return change_then_end_sessions(command, settings, name, "user_disabled", done, disabled=True)
 
 
 def enable_user(args: argparse.Namespace) -> int:
@@ -299,6 +287,30 @@ def delete_user(args: argparse.Namespace) -> int:
     if status != 0:
         return status
     print(f"deleted user {name} from {settings.users_file}; ended {ended} session(s)")
+    return 0
+
+
+def change_then_end_sessions(
+    command: str,
+    settings: Settings,
+    name: str,
+    event: str,
+    done: str,
+    *,
+    password_hash: str | None = None,
+    disabled: bool | None = None,
+) -> int:
+    """`change_user`, then end every session of the user; `done` says what was changed, in
+    the success line and in the error line when the sessions could not be ended (1)."""
+    status = change_user(
+        command, settings, name, event, password_hash=password_hash, disabled=disabled
+    )
+    if status != 0:
+        return status
+    ended = end_sessions(command, settings, name, done)
+    if ended is None:
+        return 1
+    print(f"{done}; ended {ended} session(s)")
     return 0
 
 
