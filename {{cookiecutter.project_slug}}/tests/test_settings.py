@@ -100,6 +100,8 @@ def test_the_secret_never_appears_in_its_repr(build: Build) -> None:
         ({"port": 70000}, "less than or equal to 65535"),
         ({"session_idle_ttl_seconds": 90000}, "must not exceed"),
         ({"environment": "staging"}, "environment"),
+        ({"redis_url": "localhost:6379"}, "not a Redis URL"),
+        ({"redis_url": "redis://localhost:port/0"}, "not a Redis URL"),
     ],
 )
 def test_refuses_bad_values_with_a_clear_message(
@@ -224,3 +226,13 @@ def test_errors_are_described_by_variable_name(build: Build) -> None:
     with pytest.raises(ValidationError) as caught:
         build(rate_limit="lots")
     assert describe(caught.value).startswith("error: APP_RATE_LIMIT:")
+
+
+def test_a_malformed_redis_url_is_one_line_without_its_password(build: Build) -> None:
+    """The URL may carry the password: the message names the variable, never the value."""
+    with pytest.raises(ValidationError) as caught:
+        build(redis_url="redis://:hunter2-not-echoed@localhost:notaport/0")
+    message = describe(caught.value)
+    assert message.startswith("error: APP_REDIS_URL: not a Redis URL"), message
+    assert "\n" not in message
+    assert "hunter2" not in message

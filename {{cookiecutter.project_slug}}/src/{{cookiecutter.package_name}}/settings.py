@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url  # what create_redis uses
 
 from .network import IPNetwork
 from .ratelimit import Rate
@@ -91,6 +92,21 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_rate(cls, value: object) -> object:
         return Rate.from_string(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        """Parsed as the connection pool will parse it, so a malformed URL stops startup (or a user
+        command) with one line, not a traceback at the first connection. The message never
+        repeats the URL: it may hold the password."""
+        try:
+            parse_url(value)
+        except ValueError:
+            raise ValueError(
+                "not a Redis URL; use redis://[:password@]host[:port][/db], rediss://... for "
+                "TLS, or unix:///path/to/socket"
+            ) from None
+        return value
 
     @field_validator("jwt_previous_secrets", mode="before")
     @classmethod
