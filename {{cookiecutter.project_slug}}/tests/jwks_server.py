@@ -22,7 +22,11 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
 class KeyServer:
-    """`start()` listens, `stop()` stops listening (connections are refused), on one port."""
+    """`start()` listens, `stop()` stops listening (connections are refused), on one port.
+
+    `stop()` returns only once every answer in progress is over, so no request the service sent
+    earlier is counted after it: a test may clear `requests` then and count afresh.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -52,6 +56,8 @@ class KeyServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that connects and sends nothing cannot hold up stop()
+
             def do_GET(self) -> None:
                 with server._lock:
                     server.requests[self.path] += 1
@@ -82,7 +88,7 @@ class KeyServer:
         self._stopping.clear()
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server.daemon_threads = False  # server_close() waits for the answers in progress
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -90,7 +96,7 @@ class KeyServer:
         self._stopping.set()  # a slow answer in progress ends now
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
+            self._server.server_close()  # joins the threads still answering
             self._server = None
         if self._thread is not None:
             self._thread.join()

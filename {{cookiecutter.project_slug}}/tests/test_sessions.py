@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -117,27 +116,54 @@ def short_settings(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -
         delete_keys(redis_url, settings.redis_key_prefix)
 
 
+def redis_now_ms(redis: Redis) -> int:
+    """Redis's own clock (`TIME`), the one the session scripts read, in milliseconds."""
+    seconds, microseconds = redis.time()
+    return seconds * 1000 + microseconds // 1000
+
+
+def expiry_ms(redis: Redis, key: str) -> int:
+    """When `key` expires, on Redis's clock (PEXPIRETIME, Redis 7.0+): exact, however long the
+    test took to ask, unlike a PTTL compared with a clock read before or after it."""
+    expires_at: int = redis.pexpiretime(key)
+    assert expires_at >= 0, f"{key}: PEXPIRETIME {expires_at}"  # -2: gone, -1: no TTL
+    return expires_at
+
+
+async def sleep_until(redis: Redis, target_ms: int) -> None:
+    """Sleep until Redis's clock reads at least `target_ms`: what a test waiting for a session
+    to end waits on, since the server, not the test, decides when that is."""
+    while True:
+        left_ms = target_ms - redis_now_ms(redis)
+        if left_ms <= 0:
+            return
+        await anyio.sleep(left_ms / 1000)  # asked again after: the two clocks may differ a little
+
+
 async def test_refresh_cannot_extend_a_session_past_its_absolute_lifetime(
     short_settings: Any, redis: Redis
 ) -> None:
     """Refreshing keeps a session going only until its absolute lifetime, then it is over."""
-    settings = short_settings(session_idle_ttl_seconds=2, session_absolute_ttl_seconds=2)
+    settings = short_settings(session_idle_ttl_seconds=3, session_absolute_ttl_seconds=3)
     add_user(settings, "alice")
     async with running(create_app(settings)) as client:
-        started = time.monotonic()
         pair = await login(client, "alice")
         key = session_key(settings, "alice", session_id(pair))
         stored = redis.hgetall(key)
-        assert int(stored["abs_exp_ms"]) - int(stored["created_ms"]) == 2000
+        absolute_expiry = int(stored["abs_exp_ms"])
+        assert absolute_expiry - int(stored["created_ms"]) == 3000
 
-        await anyio.sleep(1.0)
+        # Refresh once Redis's clock is past the login, so the idle TTL alone would reach past
+        # the absolute expiry (by at least these 200 ms, and by more on a slow machine).
+        await sleep_until(redis, int(stored["created_ms"]) + 200)
         response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert response.status_code == 200, response.text
         pair = response.json()
-        # Idle alone would allow 2000 ms more; the absolute lifetime leaves only about 1000.
-        assert 0 < redis.pttl(key) <= 1050
+        assert expiry_ms(redis, key) <= absolute_expiry
         assert redis.hget(key, "rotations") == "1"
 
-        await anyio.sleep(max(0.0, 2.1 - (time.monotonic() - started)))
+        # Redis counts a key as expired once its clock is past the expiry, not at it.
+        await sleep_until(redis, absolute_expiry + 1)
         assert_invalid_token(await me(client, pair["access_token"]))
         response = await client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})
         assert_invalid_token(response)
@@ -145,16 +171,19 @@ async def test_refresh_cannot_extend_a_session_past_its_absolute_lifetime(
 
 async def test_requests_slide_the_idle_timeout(short_settings: Any, redis: Redis) -> None:
     """Each request restarts the idle clock; a session left alone for longer ends."""
-    settings = short_settings(session_idle_ttl_seconds=1, session_absolute_ttl_seconds=60)
+    settings = short_settings(session_idle_ttl_seconds=3, session_absolute_ttl_seconds=60)
     add_user(settings, "alice")
     async with running(create_app(settings)) as client:
         pair = await login(client, "alice")
         key = session_key(settings, "alice", session_id(pair))
-        await anyio.sleep(0.4)
-        assert redis.pttl(key) <= 600
+        expiry_at_login = expiry_ms(redis, key)
+        await sleep_until(redis, expiry_at_login - 2800)  # 200 ms after the login, on Redis's clock
+        before_request = redis_now_ms(redis)
         assert (await me(client, pair["access_token"])).status_code == 200
-        assert redis.pttl(key) > 900
-        await anyio.sleep(1.1)
+        # Slid: the idle TTL counts from the request, which came after `before_request`.
+        slid_expiry = expiry_ms(redis, key)
+        assert slid_expiry >= before_request + 3000 > expiry_at_login
+        await sleep_until(redis, slid_expiry + 1)
         assert_invalid_token(await me(client, pair["access_token"]))
 
 

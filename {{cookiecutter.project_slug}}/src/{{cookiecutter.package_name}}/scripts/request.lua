@@ -10,10 +10,12 @@ if not expires then
     return {0}
 end
 local now = now_us()
-local remaining_ms = tonumber(expires) - math.floor(now / 1000)
+local now_ms = math.floor(now / 1000)
+local remaining_ms = tonumber(expires) - now_ms
 if remaining_ms <= 0 then
     return {0}  -- about to expire by itself
 end
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), remaining_ms))
+-- At an instant of the TIME read above, as abs_exp_ms is: never past the absolute expiry.
+redis.call('PEXPIREAT', KEYS[1], now_ms + math.min(tonumber(ARGV[1]), remaining_ms))
 local decision = gcra({KEYS[2]}, tonumber(ARGV[2]), tonumber(ARGV[3]), now)
 return {1, decision[1], decision[2], decision[3], decision[4]}

@@ -12,7 +12,9 @@ local expires = now + absolute
 
 redis.call('HSET', KEYS[1], 'scopes', ARGV[2], 'created_ms', now, 'abs_exp_ms', expires,
     'refresh', ARGV[3], 'rotations', 0)
-redis.call('PEXPIRE', KEYS[1], math.min(idle, absolute))
+-- PEXPIREAT on this script's own TIME reading, as abs_exp_ms is: a relative PEXPIRE counts from
+-- a moment a little later, so the key could outlive its absolute expiry by that much.
+redis.call('PEXPIREAT', KEYS[1], now + math.min(idle, absolute))
 
 -- Prune: members past their absolute expiry, and members whose session already ended (idle).
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)

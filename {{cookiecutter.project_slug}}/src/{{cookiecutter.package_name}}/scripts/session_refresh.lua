@@ -26,6 +26,7 @@ if remaining <= 0 then
 end
 redis.call('HSET', KEYS[1], 'refresh', ARGV[2], 'spent', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'rotations', 1)
--- Slide the idle TTL, never past the absolute lifetime set at login.
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[3]), remaining))
+-- Slide the idle TTL, never past the absolute expiry set at login (PEXPIREAT on the TIME read
+-- above, as abs_exp_ms is, so the key cannot outlive it even by a millisecond).
+redis.call('PEXPIREAT', KEYS[1], now + math.min(tonumber(ARGV[3]), remaining))
 return {1, stored[3]}
