@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +35,8 @@ from .test_cli import service_environment, wait_for
 # can take longer than that, so the 21st was sometimes let through.
 SHARED_RATE = 20
 STOP_SECONDS = 5  # SIGTERM to exit, in-flight requests included
+GRACE_STARTED = "Waiting for connections to close."  # uvicorn's line
+HOLD_AFTER_SIGTERM_SECONDS = 0.5  # a small part of the 10 s grace period
 IN_FLIGHT = 24
 
 
@@ -240,21 +242,51 @@ def private_redis() -> Iterator[RedisServer]:
         server.close()
 
 
+def unread_by_redis(redis_port: int) -> int:
+    """Bytes sent to the Redis on `redis_port` that it has not read yet, over all its
+    established connections (Linux's /proc/net/tcp: local port, state 01, rx_queue)."""
+    unread = 0
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for row in table.read_text().splitlines()[1:]:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == redis_port and fields[3] == "01":
+                unread += int(fields[4].split(":")[1], 16)
+    return unread
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Wait until `condition()` holds; the timeout is a guard against hanging, not a budget."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
     private_redis: RedisServer, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """Requests are held in flight by a frozen Redis; SIGTERM arrives; Redis thaws: every one
     of them gets its full answer, the pool closes, and the process exits 0 without a traceback.
+
+    Nothing here is timed. With Redis paused, every /me sends one command of the same size
+    (same-length names, one script): the test measures it on the first request, then waits
+    until Redis holds exactly `IN_FLIGHT` of them unread, sends SIGTERM, and waits until the
+    service has logged that its grace period began before Redis thaws (after a short hold).
     """
     settings = make_settings(
         private_redis.url,
         key_files,
         users_file=tmp_path / "users.json",
-        redis_timeout_seconds=5,  # longer than the freeze below
+        redis_timeout_seconds=STOP_SECONDS * 6,  # longer than any wait below
         rate_limit="1000/minute",
         login_rate_limit="1000/minute",
     )
-    service = start_service(environment_for(settings, private_redis.url, key_files), tmp_path)
+    log = tmp_path / "service.log"
+    with log.open("w") as output:
+        environment = environment_for(settings, private_redis.url, key_files)
+        service = start_service(environment, tmp_path, output=output)
     try:
         wait_until_ready(service)
         names = [new_user(settings) for _ in range(4)]
@@ -262,9 +294,9 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
         callers = [names[number % len(names)] for number in range(IN_FLIGHT)]
 
         # One client for all threads: a client per request would spend most of the wait below
-        # building TLS contexts, and some requests would only connect after SIGTERM.
+        # building TLS contexts.
         limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=0)
-        http = httpx.Client(base_url=service.url, limits=limits, timeout=10)
+        http = httpx.Client(base_url=service.url, limits=limits, timeout=60)
 
         def get_me(name: str) -> httpx.Response:
             return http.get("/me", headers=bearer(tokens[name]))
@@ -272,23 +304,35 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
         private_redis.pause()
         with http, ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
             try:
-                futures = [pool.submit(get_me, name) for name in callers]
-                time.sleep(1)  # every request has reached the app and waits on Redis
+                futures = [pool.submit(get_me, callers[0])]
+                poll(lambda: unread_by_redis(private_redis.port) > 0, "a command sent to Redis")
+                command_bytes = unread_by_redis(private_redis.port)
+                futures += [pool.submit(get_me, name) for name in callers[1:]]
+                poll(
+                    lambda: unread_by_redis(private_redis.port) == IN_FLIGHT * command_bytes,
+                    f"all {IN_FLIGHT} commands of {command_bytes} bytes waiting in Redis",
+                )
                 assert not any(future.done() for future in futures)
                 service.process.send_signal(signal.SIGTERM)
-                time.sleep(0.3)
+                # uvicorn logs this once its grace period (GRACEFUL_SHUTDOWN_SECONDS) has begun;
+                # Redis stays frozen a while longer, far less than that period, and the
+                # requests must still be waiting, not cancelled.
+                poll(lambda: GRACE_STARTED in log.read_text(), "the grace period starting")
+                time.sleep(HOLD_AFTER_SIGTERM_SECONDS)
+                assert not any(future.done() for future in futures)
             finally:
                 private_redis.resume()
             responses = [future.result() for future in futures]
 
         # A process that does not stop in time makes this raise: the stop is bounded.
-        output, _ = service.process.communicate(timeout=STOP_SECONDS)
+        service.process.wait(timeout=STOP_SECONDS)
     finally:
         kill(service)
 
+    output_text = log.read_text()
     for name, response in zip(callers, responses, strict=True):
         assert response.status_code == 200, response.text
         assert response.json() == {"sub": name, "scopes": ["read"]}
-    assert service.process.returncode == 0, output
-    assert "Traceback" not in output
-    assert "Application shutdown complete" in output  # the lifespan closed the Redis pool
+    assert service.process.returncode == 0, output_text
+    assert "Traceback" not in output_text
+    assert "Application shutdown complete" in output_text  # the lifespan closed the Redis pool
