@@ -30,6 +30,8 @@ from .settings import Settings, get_settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from .server import EdgeLimits
+
 GRACEFUL_SHUTDOWN_SECONDS = 10
 # How long an idle connection is kept open. It also bounds what a client that vanished without
 # a FIN costs (a reset after its request leaves the connection here until then): 5 s is short
@@ -102,8 +104,12 @@ def key_problem(settings: Settings) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from .server import descriptor_problem  # here, so that user commands stay light
+
     settings = load_settings()
-    problem = key_problem(settings)
+    problem = key_problem(settings) or descriptor_problem(
+        edge_limits(settings), settings.redis_max_connections
+    )
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -124,8 +130,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def edge_limits(settings: Settings) -> EdgeLimits:
+    from .server import EdgeLimits
+
+    return EdgeLimits(settings.header_timeout_seconds, settings.max_connections)
+
+
 def run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
-    from .server import BoundedHttpToolsProtocol
+    from .server import bounded_protocol
 
     uvicorn.run(
         "{{ cookiecutter.package_name }}.cli:served_app",
@@ -133,7 +145,9 @@ def run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,
-        http=BoundedHttpToolsProtocol,  # header blocks and bodies of bounded size
+        # Bounded header blocks, trailers, bodies, waits and connections (see server.py).
+        # uvicorn calls it as it calls a protocol class.
+        http=bounded_protocol(edge_limits(settings)),  # type: ignore[arg-type]
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     users_file: Path = Path("data/users.json")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # The edge (server.py). A request head is at most 16 KiB: real clients send it in one
+    # packet, and even a 50 kbit/s link sends it in under 3 s, so 10 s refuses no real client
+    # while a client that trickles bytes holds a connection for 10 s, not for ever. The same
+    # limit applies to a pause in the middle of a body. (nginx allows 60 s; behind the compose
+    # proxy the app only ever sees heads nginx has read in full.)
+    header_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    # Open connections one process keeps; beyond it a new one is answered 503 and closed. Each
+    # costs tens of KiB while idle and up to 80 KiB while a request is read (16 KiB head, 64 KiB
+    # body): 1000 is about 100 MiB at worst, and `serve` makes sure the process may open that
+    # many descriptors. Behind nginx the app sees far fewer (its upstream keeps 32 per replica).
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
     # GET /metrics (Prometheus); on the app's port, so never publish that port beyond loopback.
     metrics: bool = True
     # /docs, /redoc and /openapi.json. None: on in development, off in production, where the
