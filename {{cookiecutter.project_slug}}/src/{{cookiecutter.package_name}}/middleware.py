@@ -18,6 +18,13 @@ REQUEST_ID_HEADER = b"x-request-id"
 # Ids a client may choose: short, and nothing a log reader could mistake for structure.
 CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
+# When a client breaks a limit of the edge (server.py) while the app reads its body (a stalled
+# body, an oversized chunked body or trailer section), the server answers it itself and drops
+# the app's answer; it records its own status in the request's scope under this extension, so
+# the request line says what the client got (408, 413, 431), not the app's answer to a vanished
+# body.
+EDGE_REFUSAL = f"{PACKAGE}.edge-refusal"
+
 access_logger = logging.getLogger(f"{PACKAGE}.access")
 
 
@@ -65,6 +72,9 @@ class RequestLog:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
+            refusal = scope.get("extensions", {}).get(EDGE_REFUSAL)
+            if refusal is not None:
+                status = refusal["status"]
             metrics.observe_request(scope["method"], metrics.route_of(scope), status, seconds)
             if access_logger.isEnabledFor(logging.INFO):  # nothing built for no one
                 self.log(scope, status, seconds)
