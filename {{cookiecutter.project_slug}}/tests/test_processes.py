@@ -99,12 +99,13 @@ def kill(service: Service) -> None:
 
 @contextmanager
 def logged_service(
-    settings: Settings, redis_url: str, key_files: dict[str, Path], folder: Path
+    settings: Settings, redis_url: str, key_files: dict[str, Path], folder: Path, **extra: str
 ) -> Iterator[tuple[Service, Path]]:
-    """A ready `serve` process for `settings`, writing its output to a file."""
+    """A ready `serve` process for `settings` (and `extra` environment variables), writing its
+    output to a file."""
     log = folder / "service.log"
     with log.open("w") as output:
-        environment = environment_for(settings, redis_url, key_files)
+        environment = {**environment_for(settings, redis_url, key_files), **extra}
         service = start_service(environment, folder, output=output)
     try:
         wait_until_ready(service)

@@ -1,4 +1,4 @@
-"""The served process bounds what a client can make it hold: header blocks and bodies.
+"""The served process bounds what a client can make it hold: header blocks, trailers and bodies.
 
 These talk raw HTTP/1.1 over sockets to `python -m {{ cookiecutter.package_name }} serve`, because
 the limits live in the server's protocol (`server.py`), below FastAPI and below any test client.
@@ -19,9 +19,11 @@ import pytest
 from {{ cookiecutter.package_name }}.server import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 from .conftest import delete_keys, make_settings
+from .helpers import add_user
 from .test_processes import Service, logged_service
 
-SENDERS = 8  # concurrent clients in the memory test
+USER = "trailer-tester"
+SENDERS = 8  # concurrent clients of each kind in the memory test
 SENT_PER_CLIENT = 8 * 1024 * 1024  # what each of them tries to send
 MAX_GROWTH_MIB = 4  # peak RSS growth the server may show while they do
 CHUNK = 64 * 1024
@@ -35,6 +37,7 @@ def served(
     """One served process and its port."""
     folder = tmp_path_factory.mktemp("server-limits")
     settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
+    add_user(settings, USER, scopes=["write"])
     try:
         with logged_service(settings, redis_url, key_files, folder) as (service, _):
             port = urlsplit(service.url).port
@@ -150,6 +153,48 @@ def test_a_chunked_body_growing_over_the_limit_is_refused(served: tuple[Service,
     assert statuses(answer) == [413], answer[:200]
 
 
+def chunked(body: bytes) -> bytes:
+    """`body` as one chunk, then the last chunk: what comes next is the trailer section."""
+    return b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+
+
+def trailer_fields(size: int, name: bytes = b"X-Trailer") -> bytes:
+    """Trailer fields of 1 KiB each (the last one shorter), `size` bytes in all."""
+    line = name + b": " + b"t" * (1024 - len(name) - 4) + b"\r\n"
+    count, rest = divmod(size, len(line))
+    last = name + b"-last: " + b"t" * max(rest - len(name) - 9, 1) + b"\r\n" if rest else b""
+    return line * count + last
+
+
+def test_trailer_fields_are_read_but_never_reach_the_app(served: tuple[Service, int]) -> None:
+    """A trailer section of a few KiB is read to its end, and its fields are dropped: an
+    `Authorization` sent as a trailer does not authenticate (uvicorn alone would append it to
+    the request's headers, which the app reads after the body)."""
+    service, port = served
+    token = service.login(USER)["access_token"]
+    head = (
+        b"POST /items HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    trailers = trailer_fields(4096) + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    answer = exchange(port, head, chunked(b'{"text": "from a trailer"}'), trailers)
+    assert statuses(answer) == [401], answer[:300]
+    assert b"www-authenticate: bearer\r\n" in answer.lower()  # no credentials at all
+
+
+def test_a_trailer_section_over_the_limit_is_refused_with_431(
+    served: tuple[Service, int],
+) -> None:
+    """64 KiB of trailer fields, 1 KiB per write: refused long before the end."""
+    head = post_refresh("Transfer-Encoding: chunked\r\n")
+    pieces = in_pieces(trailer_fields(4 * MAX_HEADER_BYTES), 1024)
+    answer = exchange(served[1], head, chunked(b'{"refresh_token": "made-up"}'), *pieces, b"\r\n")
+    assert statuses(answer) == [431], answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "detail": "Request Header Fields Too Large"
+    }
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -179,17 +224,19 @@ def flood(port: int, start: bytes, piece: bytes, total: int) -> None:
 def test_clients_sending_megabytes_cost_the_server_almost_no_memory(
     served: tuple[Service, int],
 ) -> None:
-    """Eight clients each send 8 MiB of one header, eight more 8 MiB of chunked body, all at
-    once. Buffered, that would be over 100 MiB; the server's peak RSS moves by a few MiB."""
+    """Eight clients each send 8 MiB of one header, eight more 8 MiB of chunked body, eight
+    more 8 MiB of trailer fields after a chunked body, all at once. Buffered, that would be
+    nearly 200 MiB; the server's peak RSS moves by a few MiB."""
     service, port = served
     pid = service.process.pid
     floods = [
         (b"GET /me HTTP/1.1\r\nHost: test\r\nX-Flood: ", b"f" * CHUNK),
         (post_refresh("Transfer-Encoding: chunked\r\n"), b"%x\r\n%s\r\n" % (CHUNK, b" " * CHUNK)),
+        (post_refresh("Transfer-Encoding: chunked\r\n") + chunked(b"{}"), trailer_fields(CHUNK)),
     ]
     assert statuses(exchange(port, request_with_header_block(200))) == [200]  # warm
     before = reset_peak_rss(pid)
-    with ThreadPoolExecutor(max_workers=2 * SENDERS) as pool:
+    with ThreadPoolExecutor(max_workers=len(floods) * SENDERS) as pool:
         for future in [
             pool.submit(flood, port, start, piece, SENT_PER_CLIENT)
             for start, piece in floods
