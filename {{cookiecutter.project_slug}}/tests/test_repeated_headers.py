@@ -1,9 +1,10 @@
-"""Headers that must come once: `Authorization`, sent twice.
+"""Headers that must come once: `Authorization` and `X-Request-ID`, sent twice.
 
 Which of two `Authorization` headers counts is not defined, and a proxy reading the last one
 would disagree with a service reading the first about who is calling: the request is refused
 with 400 (RFC 6750, section 3.1: `invalid_request`), whatever the headers hold, and no token in
-it is looked at. In-process first, then over real HTTP against a `serve` process.
+it is looked at. Of two `X-Request-ID`s neither is kept: the answer and the logs carry a fresh
+id. In-process first, then over real HTTP against a `serve` process.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .conftest import make_settings
 from .helpers import add_user, bearer, login, me
 from .test_metrics import scrape, value
 from .test_processes import stop
-from .test_request_logs import json_service
+from .test_request_logs import json_service, parse, request_lines
 
 pytestmark = pytest.mark.anyio
 
@@ -79,10 +80,25 @@ async def test_two_authorization_headers_are_a_400_never_authenticated(
     assert (await me(client, token)).status_code == 200  # the session is still open
 
 
-def test_over_http_two_authorization_headers_are_a_400(
+async def test_two_request_ids_give_a_fresh_one(client: httpx.AsyncClient) -> None:
+    """A client's id is kept when it is the only one; of two (even equal ones), neither."""
+    one = await client.get("/health/live", headers={"X-Request-ID": "only-one"})
+    assert one.headers["x-request-id"] == "only-one"
+    for sent in (["first-id", "second-id"], ["same-id", "same-id"], ["bad id", "good-id"]):
+        response = await client.get(
+            "/health/live", headers=[("X-Request-ID", request_id) for request_id in sent]
+        )
+        fresh = response.headers["x-request-id"]
+        assert fresh not in sent, sent
+        assert len(fresh) == 16, fresh
+        int(fresh, 16)  # hexadecimal
+
+
+def test_over_http_two_authorization_headers_are_a_400_and_two_ids_neither_kept(
     redis_url: str, key_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    """The same through uvicorn: httpx sends each header of the list as it is."""
+    """The same through uvicorn: httpx sends each header of the list as it is, and the access
+    log carries the fresh id, never one the client sent twice."""
     settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
     add_user(settings, "alice")
     with json_service(settings, redis_url, key_files, tmp_path) as (service, log):
@@ -92,9 +108,17 @@ def test_over_http_two_authorization_headers_are_a_400(
                 name: http.get("/me", headers=headers) for name, headers in repeated(token).items()
             }
             alone = http.get("/me", headers=bearer(token))
+            sent = [("X-Request-ID", "first-id"), ("X-Request-ID", "second-id")]
+            two_ids = http.get("/health/live", headers=sent)
         output = stop(service, log)
 
     for name, response in answers.items():
         assert_refused_as_malformed(response, name)
     assert alone.status_code == 200, alone.text
+    fresh = two_ids.headers["x-request-id"]
+    assert fresh not in ("first-id", "second-id")
+    (line,) = [line for line in request_lines(parse(output)) if line["path"] == "/health/live"]
+    assert line["request_id"] == fresh
+    assert "first-id" not in output
+    assert "second-id" not in output
     assert "Traceback" not in output
