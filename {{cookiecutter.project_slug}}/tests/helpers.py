@@ -1,7 +1,9 @@
-"""Small helpers shared by the auth tests: users, logins, and what a 401 must look like."""
+"""Small helpers shared by the auth tests: users, logins, what a 401 must look like, and other
+spellings of a token."""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +15,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 PASSWORD = "correct horse battery staple"
 INVALID_TOKEN = 'Bearer error="invalid_token"'
+BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"  # RFC 4648 order
 
 
 def add_user(
@@ -45,3 +48,62 @@ def assert_invalid_token(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"] == INVALID_TOKEN
     assert response.json() == {"detail": "Invalid or expired token"}
+
+
+def raw_bearer(token: str) -> dict[bytes, bytes]:
+    """`Authorization: Bearer <token>` as bytes on the wire (httpx encodes `str` values as ASCII
+    only); the service reads header values as Latin-1."""
+    return {b"Authorization": f"Bearer {token}".encode("latin-1")}
+
+
+def url_safe_signature(token: str) -> bool:
+    """Whether the token's signature holds a `-` or `_`, so that it can be spelled with `+/`."""
+    signature = token.rpartition(".")[2]
+    return "-" in signature or "_" in signature
+
+
+def respellings(token: str) -> dict[str, str]:
+    """name: another spelling of `token` that a lenient base64url decoder (python-jose's) turns
+    into the very same bytes. Only the signature is respelled: the header and payload are signed
+    as they are spelled. `token` must be canonical, with `-` or `_` in its signature.
+
+    Inserted characters come four at a time (two for a non-ASCII letter, two bytes in UTF-8),
+    so the padding python-jose adds stays what the token needs."""
+    assert url_safe_signature(token), token
+    head, _, signature = token.rpartition(".")
+
+    def inside(text: str) -> str:
+        return f"{head}.{signature[:8]}{text}{signature[8:]}"
+
+    spellings = {
+        "padded with =": token + "=",
+        "padded with ==": token + "==",
+        "+/ for -_": f"{head}." + signature.translate(str.maketrans("-_", "+/")),
+        "spaces and a tab inside": inside("  \t "),
+        "characters outside the alphabet inside": inside("~!*$"),
+        "non-ASCII letters inside": inside("éß"),
+    }
+    # The last character of a 2- or 3-character tail carries 4 or 2 bits that no byte uses.
+    unused_bits = {2: 4, 3: 2}.get(len(signature) % 4, 0)
+    last = BASE64URL.index(signature[-1])
+    for bits in range(1, 2**unused_bits):
+        other = BASE64URL[last | bits]
+        spellings[f"last character {other} for {signature[-1]}"] = f"{head}.{signature[:-1]}{other}"
+    return spellings
+
+
+def misspellings(token: str) -> dict[str, str]:
+    """name: a malformed variant of `token`, no JWS in compact serialization at all."""
+    head, _, signature = token.rpartition(".")
+    header, _, payload = head.partition(".")
+    return {
+        "= inside the signature": f"{head}.{signature[:8]}={signature[8:]}",
+        "= inside the header": f"{header[:4]}={header[4:]}.{payload}.{signature}",
+        "a space inside the payload": f"{header}.{payload[:4]} {payload[4:]}.{signature}",
+        "a trailing dot": token + ".",
+        "a fourth segment": f"{token}.{signature}",
+        "an empty payload": f"{header}..{signature}",
+        "an empty signature": f"{head}.",
+        "a signature of 4n+1 characters": token + "A" * ((1 - len(signature)) % 4),
+        "a non-ASCII letter for a letter": f"{head}.{signature[:-1]}Ä",
+    }

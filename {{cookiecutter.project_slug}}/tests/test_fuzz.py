@@ -118,7 +118,9 @@ async def test_arbitrary_headers_never_cause_a_server_error(
     method, path = route
     raw = {name.encode(): latin1(value) for name, value in headers.items()}
     response = await client.request(method, path, headers=raw)
-    allowed = {200} if path.startswith("/health") else {401, 429, 503}
+    # Names differing in case only are one header, sent twice: Authorization twice is a 400.
+    several = sum(name.lower() == "authorization" for name in headers) > 1
+    allowed = {200} if path.startswith("/health") else {400} if several else {401, 429, 503}
     assert_no_server_error(response, allowed | {503})
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from jose import jwt
+from jose import jws, jwt
 from pydantic import ValidationError
 from redis import Redis
 
@@ -30,7 +30,14 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
-from .helpers import assert_invalid_token, bearer
+from .helpers import (
+    assert_invalid_token,
+    bearer,
+    misspellings,
+    raw_bearer,
+    respellings,
+    url_safe_signature,
+)
 from .issuers import (
     REMOTE_ALGORITHMS,
     SigningKey,
@@ -297,6 +304,40 @@ async def test_without_sessions_the_limit_is_per_subject_keyed_by_digest(
     keys = list(redis.scan_iter(match=f"{settings.redis_key_prefix}:*"))
     assert len(keys) == 2
     assert not [key for key in keys if "auth0" in key]  # subjects reach Redis as digests only
+
+
+async def test_only_the_canonical_spelling_of_a_token_is_verified(
+    remote_settings: Build, key_server: KeyServer, issuer_key: SigningKey, algorithm: str
+) -> None:
+    """As for our own tokens (test_tokens.py): each respelling gives python-jose alone the
+    token's very claims, yet gets a 401, as does each malformed variant. The spelling is checked
+    before any key is looked up: a respelled token naming a key nobody published costs no fetch
+    (a canonical one would)."""
+    key_server.start()
+    settings = remote_settings(jwt_require_session=False)
+    async with remote_client(settings) as (_, client):
+        tokens = (issuer_key.sign(claims_for(settings, "henry")) for _ in range(100))
+        token = next(t for t in tokens if url_safe_signature(t))
+        assert (await client.get("/me", headers=bearer(token))).status_code == 200
+        fetches = key_server.fetches()
+        assert_invalid_token(await client.get("/me", headers=bearer(with_kid(token, "new") + "=")))
+        assert key_server.fetches() == fetches
+        public_key = issuer_key.jwk()
+        payload = jws.verify(token, public_key, [algorithm])
+        for name, spelling in respellings(token).items():
+            assert jws.verify(spelling, public_key, [algorithm]) == payload, name
+            response = await client.get("/me", headers=raw_bearer(spelling))
+            assert response.status_code == 401, f"{name}: {response.text}"
+            assert_invalid_token(response)
+        for name, spelling in misspellings(token).items():
+            response = await client.get("/me", headers=raw_bearer(spelling))
+            assert response.status_code == 401, f"{name}: {response.text}"
+            assert_invalid_token(response)
+        assert (await client.get("/me", headers=bearer(token))).status_code == 200
+        assert key_server.fetches() == fetches
+        # Control: spelled canonically, the same unknown key is worth a fetch.
+        assert_invalid_token(await client.get("/me", headers=bearer(with_kid(token, "new"))))
+        assert key_server.fetches() == fetches + 1
 
 
 # Keys: the issuer's only

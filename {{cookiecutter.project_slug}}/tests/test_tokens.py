@@ -9,6 +9,7 @@ confusion, for example, only means something for RS256 and ES256.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hmac
 import json
@@ -23,13 +24,27 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jose import jwk, jwt
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from jose import jwk, jws, jwt
 
-from {{ cookiecutter.package_name }}.auth.tokens import LEEWAY_SECONDS
+from {{ cookiecutter.package_name }}.auth.tokens import CANONICAL_JWS, LEEWAY_SECONDS
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings
-from .helpers import add_user, assert_invalid_token, bearer, login, me
+from .helpers import (
+    BASE64URL,
+    add_user,
+    assert_invalid_token,
+    bearer,
+    login,
+    me,
+    misspellings,
+    raw_bearer,
+    respellings,
+    url_safe_signature,
+)
 from .keys import expected_kid, write_key_pair
 
 pytestmark = pytest.mark.anyio
@@ -538,3 +553,69 @@ async def test_a_request_without_credentials_gets_a_bare_challenge(
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json() == {"detail": "Not authenticated"}
+
+
+async def test_only_the_canonical_spelling_of_a_token_is_verified(
+    client: httpx.AsyncClient, forge: Forge
+) -> None:
+    """RFC 7515 allows one spelling of a JWS: base64url without padding, nothing outside the
+    alphabet, no unused bit set. Each respelling below gives python-jose alone the very claims
+    of the token (so only the spelling check stands in its way), yet gets a 401, and so does
+    each malformed variant; the token itself still works."""
+    token = next(t for t in (forge.token() for _ in range(100)) if url_safe_signature(t))
+    assert (await me(client, token)).status_code == 200
+    key = forge.key if ALGORITHM.startswith("HS") else forge.key_files["public"].read_text()
+    payload = jws.verify(token, key, [ALGORITHM])
+    for name, spelling in respellings(token).items():
+        assert spelling != token
+        assert jws.verify(spelling, key, [ALGORITHM]) == payload, name
+        response = await client.get("/me", headers=raw_bearer(spelling))
+        assert response.status_code == 401, f"{name}: {response.text}"
+        assert_invalid_token(response)
+    for name, spelling in misspellings(token).items():
+        response = await client.get("/me", headers=raw_bearer(spelling))
+        assert response.status_code == 401, f"{name}: {response.text}"
+        assert_invalid_token(response)
+    assert (await me(client, token)).status_code == 200
+
+
+def canonical_segment(segment: str) -> bool:
+    """The standard library's word on one segment: it is canonical when it is not empty, decodes
+    strictly (alphabet, length, padding) once the padding is added, and encodes back to itself."""
+    if not segment or not segment.isascii():
+        return False
+    padded = segment + "=" * (-len(segment) % 4)
+    try:
+        data = base64.b64decode(padded, altchars=b"-_", validate=True)
+    except binascii.Error:
+        return False
+    return base64.urlsafe_b64encode(data).decode().rstrip("=") == segment
+
+
+def canonical(token: str) -> bool:
+    segments = token.split(".")
+    return len(segments) == 3 and all(canonical_segment(segment) for segment in segments)
+
+
+def test_the_spelling_rule_agrees_with_strict_base64_for_every_short_tail() -> None:
+    """Every segment of one to three characters (the first one fixed: it carries no unused
+    bits), after a whole group and alone: the pattern and strict decoding agree on each."""
+    tails = [*BASE64URL, *(a + b for a in BASE64URL for b in BASE64URL)]
+    tails += ["A" + a + b for a in BASE64URL for b in BASE64URL]
+    for tail in tails:
+        for segment in (tail, "eyJh" + tail):
+            token = f"eyJh.{segment}.AQAB"
+            assert bool(CANONICAL_JWS.fullmatch(token)) == canonical(token), token
+
+
+SEGMENTS = st.one_of(
+    st.binary(max_size=12).map(lambda data: base64.urlsafe_b64encode(data).decode().rstrip("=")),
+    st.text(BASE64URL, max_size=12),
+    st.text(BASE64URL + "=+/ \t.~\u00e9\u00c4", max_size=12),
+)
+
+
+@hypothesis_settings(max_examples=2000, deadline=None, database=None)
+@given(st.lists(SEGMENTS, min_size=1, max_size=4).map(".".join))
+def test_the_spelling_rule_agrees_with_strict_base64(token: str) -> None:
+    assert bool(CANONICAL_JWS.fullmatch(token)) == canonical(token)

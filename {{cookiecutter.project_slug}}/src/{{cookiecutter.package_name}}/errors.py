@@ -60,7 +60,7 @@ _RETRY_AFTER = _header("Seconds to wait before trying again", "integer")
 
 # What each error status looks like, for `responses()`. A new status gets a row here.
 _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
-    400: {"model": Error, "description": "The body could not be parsed (e.g. not UTF-8)"},
+    400: {"model": Error, "description": "Unparsable body, or more than one Authorization header"},
     401: {
         "model": Error,
         "description": "Missing, invalid or expired credentials",
@@ -93,8 +93,8 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries, body and headers, for the error statuses a route can answer:
-    `@router.get("/things", responses=errors.responses(401, 429, 503))`. Each call returns its
-    own copy, so a route may change a description without changing every route's."""
+    `@router.get("/things", responses=errors.responses(400, 401, 429, 503))`. Each call
+    returns its own copy, so a route may change a description without changing every route's."""
     return {status: copy.deepcopy(_ERROR_RESPONSES[status]) for status in statuses}
 
 
@@ -112,6 +112,16 @@ def invalid_token() -> HTTPException:
         status_code=401,
         detail="Invalid or expired token",
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def several_authorizations() -> HTTPException:
+    """400 for a request with more than one Authorization header: malformed, whatever they
+    hold (RFC 6750, section 3.1: `invalid_request`), so no token in it is looked at."""
+    return HTTPException(
+        status_code=400,
+        detail="More than one Authorization header",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
     )
 
 

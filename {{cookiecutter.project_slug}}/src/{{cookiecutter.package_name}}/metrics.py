@@ -48,8 +48,8 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUSES = frozenset(str(status) for status in range(100, 600))
 # Where requests are refused for who they are: no token, a token that does not verify, a
-# session that has ended, a missing scope, a failed login.
-AUTH_REASONS = ("missing", "invalid", "session", "scope", "login")
+# session that has ended, a missing scope, a failed login, more than one Authorization header.
+AUTH_REASONS = ("missing", "invalid", "session", "scope", "login", "duplicate")
 REDIS_KINDS = ("timeout", "connection", "readonly", "oom", "loading", "response", OTHER)
 MAX_POLICIES = 32
 # Seconds. A few fixed buckets: each one is a series per route.
@@ -63,7 +63,7 @@ DURATION = Histogram(
     buckets=DURATION_BUCKETS,
 )
 AUTH_REJECTIONS = Counter(
-    "auth_rejections", "Requests refused with 401 or 403, by reason", ("reason",)
+    "auth_rejections", "Requests refused with 400, 401 or 403, by reason", ("reason",)
 )
 RATE_LIMITED = Counter("rate_limited", "Requests refused with 429, by policy", ("policy",))
 REDIS_ERRORS = Counter(

@@ -33,7 +33,9 @@ class RequestLog:
     its answer. Pure ASGI, so it costs a function call and a closure, not a Request object.
 
     The id is the client's `X-Request-ID` when it matches `CLIENT_REQUEST_ID` (so a request can
-    be followed through a proxy or a caller's own logs), otherwise a fresh one:
+    be followed through a proxy or a caller's own logs) and is the request's only one, otherwise
+    a fresh one. With two or more, none is kept: a proxy may have logged another than the one
+    we would pick, and the two logs would then disagree about which request it was. A fresh id:
     `secrets.token_hex(8)`, 64 random bits, unique enough to find a request among billions, and
     unlike a counter it tells a client nothing about how busy the service is. Either way it is
     sent back on the answer and held in `REQUEST_ID` while the request runs, for every line
@@ -51,8 +53,10 @@ class RequestLog:
         request_id = None
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
+                if request_id is not None:  # a second one: neither is kept
+                    request_id = None
+                    break
                 request_id = value
-                break
         if request_id is None or not CLIENT_REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8).encode()
         header = (REQUEST_ID_HEADER, request_id)

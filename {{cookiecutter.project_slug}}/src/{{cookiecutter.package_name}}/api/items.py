@@ -85,7 +85,7 @@ def item_store(request: Request) -> ItemStore:
 Store = Annotated[ItemStore, Depends(item_store)]
 
 
-@router.get("/items", responses=errors.responses(401, 403, 429, 503))
+@router.get("/items", responses=errors.responses(400, 401, 403, 429, 503))
 async def list_items(principal: Reader, store: Store) -> Items:
     """The caller's items, newest first (needs the `read` scope)."""
     return Items(items=[Item(text=text) for text in await store.newest(principal.sub)])

@@ -21,6 +21,7 @@ from .remote import verify_with_fresh_keys
 from .tokens import MAX_TOKEN_BYTES, Principal, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
+AUTHORIZATION = b"authorization"  # ASGI header names are lower-case bytes
 
 UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
 
@@ -28,14 +29,26 @@ UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier
 def bearer_token(connection: HTTPConnection) -> str | None:
     """The bearer token of a request; None when there is no Authorization header at all, and
     an empty token when the header is not a usable bearer token (an oversized one is dropped
-    unparsed)."""
-    header = connection.headers.get("authorization")
+    unparsed).
+
+    A request with more than one Authorization header is refused (400, counted as "duplicate"):
+    which one counts is not defined (RFC 9110 section 5.3 allows repeating only list-valued
+    fields), and a proxy that reads the last one would disagree with us, reading the first,
+    about who is calling. The raw ASGI headers are scanned once, to the end, with nothing built.
+    """
+    header: bytes | None = None
+    for name, value in connection.scope["headers"]:
+        if name == AUTHORIZATION:
+            if header is not None:
+                metrics.auth_rejected("duplicate")
+                raise errors.several_authorizations()
+            header = value
     if header is None:
         return None
-    # Header values are Latin-1 text, one character per byte.
     if len(header) > MAX_AUTHORIZATION_BYTES:
         return UNUSABLE
-    scheme, _, token = header.partition(" ")
+    # Header values are Latin-1 text, one character per byte.
+    scheme, _, token = header.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer":
         return UNUSABLE
     return token
@@ -43,7 +56,8 @@ def bearer_token(connection: HTTPConnection) -> str | None:
 
 class Authenticated(OAuth2PasswordBearer):
     """The dependency behind `CurrentPrincipal`: the caller, from a valid access token whose
-    session is alive and within its rate limit; otherwise 401 (or 429 over the limit).
+    session is alive and within its rate limit; otherwise 401 (or 429 over the limit, 400 for
+    more than one Authorization header).
 
     It is one dependency, not a chain of small ones: FastAPI resolves every dependency on every
     request, and this one runs on every protected request. Being an `OAuth2PasswordBearer`, it
@@ -101,8 +115,8 @@ def limited_principal(rate: Rate, policy: str) -> Authenticated:
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 # The errors a route with `CurrentPrincipal` can answer, for its `responses=` (OpenAPI); a route
-# with `require_scopes` adds 403: `responses=errors.responses(401, 403, 429, 503)`.
-AUTHENTICATED = errors.responses(401, 429, 503)
+# with `require_scopes` adds 403: `responses=errors.responses(400, 401, 403, 429, 503)`.
+AUTHENTICATED = errors.responses(400, 401, 429, 503)
 
 
 def require_scopes(
