@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic_core.core_schema import ErrorType
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from . import metrics
 
@@ -99,6 +101,8 @@ GENERIC_MESSAGES = {
     "value_error": "Value error",
 }
 GENERIC_MESSAGE = "Invalid value"
+# The methods a 405's `Allow` is computed from (RFC 9110's, and PATCH), in this order.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
 # `extra="forbid"` documents each body as complete (`additionalProperties: false`).
@@ -344,12 +348,40 @@ async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's own answer to an HTTPException (401, 403, 429, and its 400, 404, 405), marked
-    not to be stored."""
+    not to be stored; a 405's `Allow` lists every method the path serves."""
     if not isinstance(exc, StarletteHTTPException):  # registered for that class only
         raise exc
     response = await http_exception_handler(request, exc)
     response.headers.update(NO_STORE)
+    if exc.status_code == 405:
+        raised = (exc.headers or {}).get("Allow", "")
+        allowed = allowed_methods(request.app, request.scope, raised)
+        if allowed:
+            response.headers["Allow"] = allowed
     return response
+
+
+def allowed_methods(app: FastAPI, scope: Scope, raised: str = "") -> str:
+    """The methods the request's path is served with, for a 405's `Allow` (RFC 9110, 15.5.6).
+
+    Starlette raises 405 with the methods of the first route whose path matched; a path can
+    have more than one route (GET and POST /items are two). So each method is tried against
+    every route, as the router would try it, and `raised` (what the 405 named) is kept. A mount
+    is not tried: the app under it raised the 405 and named its own methods (static files name
+    GET and HEAD)."""
+    methods = {method.strip().upper() for method in raised.split(",") if method.strip()}
+    # The path as the app's router saw it: a mount on the way has extended `root_path` since.
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    probe = {"type": "http", "path": scope["path"], "root_path": root_path}
+    for route in app.router.routes:
+        if isinstance(route, Mount):
+            continue
+        for method in HTTP_METHODS:
+            # A new scope for each try: matching writes into the scope it is given.
+            if route.matches({**probe, "method": method})[0] is Match.FULL:
+                methods.add(method)
+    known = [method for method in HTTP_METHODS if method in methods]
+    return ", ".join(known + sorted(methods.difference(HTTP_METHODS)))
 
 
 def install_error_handlers(app: FastAPI) -> None:
