@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -12,8 +14,9 @@ import pytest
 
 from {{ cookiecutter.package_name }}.main import create_app
 
-from .conftest import make_settings
+from .conftest import delete_keys, make_settings
 from .redis_server import RedisServer
+from .test_processes import Service, logged_service
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +33,75 @@ async def test_live_and_ready_answer_200(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     response = await client.get("/health/ready")
     assert response.status_code == 200
+
+
+# What load balancers probe with HEAD: each answers like GET, without the body.
+PROBES = ("/health/live", "/health/ready", "/metrics")
+
+
+async def test_head_answers_like_get(client: httpx.AsyncClient) -> None:
+    for path in PROBES:
+        got, head = await client.get(path), await client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if path != "/metrics":  # the metrics move between two requests
+            assert head.headers["content-length"] == got.headers["content-length"], path
+
+
+async def test_a_405_on_a_probe_allows_get_and_head(client: httpx.AsyncClient) -> None:
+    for path in PROBES:
+        response = await client.post(path)
+        assert response.status_code == 405, path
+        assert response.headers["Allow"] == "GET, HEAD", path
+
+
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send `request` as is on a new connection; read everything until the server closes it."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.fixture
+def served(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Service]:
+    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
+    try:
+        with logged_service(settings, redis_url, key_files, tmp_path) as (service, _):
+            yield service
+    finally:
+        delete_keys(redis_url, settings.redis_key_prefix)
+
+
+def test_the_served_process_answers_head_with_a_length_and_no_body(served: Service) -> None:
+    """uvicorn drops the body of a HEAD answer; `Content-Length` still says what GET would send.
+    A HEAD and a GET on one connection: were any body sent after the HEAD answer, the bytes
+    would not split into exactly these two answers."""
+    for path in PROBES:
+        request = f"HEAD {path} HTTP/1.1\r\nHost: probe\r\n\r\n"
+        request += f"GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+        received = raw_exchange(served.url, request.encode())
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), (path, head)
+        assert rest.startswith(b"HTTP/1.1 200 "), (path, rest[:200])  # nothing between
+        head_length = header(head, b"content-length")
+        get_head, _, get_body = rest.partition(b"\r\n\r\n")
+        assert int(header(get_head, b"content-length")) == len(get_body), path
+        if path != "/metrics":  # the metrics move between two requests
+            assert head_length == header(get_head, b"content-length"), path
+
+
+def header(block: bytes, name: bytes) -> bytes:
+    """The value of header `name` in a response's header block (exactly one such header)."""
+    [value] = [
+        line.split(b":", 1)[1].strip()
+        for line in block.split(b"\r\n")[1:]
+        if line.split(b":", 1)[0].strip().lower() == name
+    ]
+    return value
 
 
 @pytest.fixture

@@ -51,6 +51,15 @@ async def test_reading_needs_read_and_adding_needs_write(
     assert (await client.get("/items", headers=bearer(reader))).json() == {"items": []}
 
 
+async def test_a_405_allows_every_method_the_path_serves(client: httpx.AsyncClient) -> None:
+    """GET and POST /items are two routes: a method neither serves is told both (Starlette named
+    only the first route's)."""
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):
+        response = await client.request(method, "/items")
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "GET, POST", method
+
+
 async def test_each_user_reads_their_own_items_newest_first(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

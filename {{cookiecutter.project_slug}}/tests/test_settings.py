@@ -96,7 +96,7 @@ def test_the_secret_never_appears_in_its_repr(build: Build) -> None:
         ({"rate_limit": "100/min"}, "is not a rate"),
         ({"login_rate_limit": "0/minute"}, "is not a rate"),
         ({"redis_timeout_seconds": 0}, "greater than 0"),
-        ({"trusted_proxies": "10.0.0.0/33"}, "trusted_proxies"),
+        ({"trusted_proxies": "10.0.0.0/33"}, "is not an IP address or CIDR network"),
         ({"port": 70000}, "less than or equal to 65535"),
         ({"session_idle_ttl_seconds": 90000}, "must not exceed"),
         ({"environment": "staging"}, "environment"),
@@ -236,3 +236,28 @@ def test_a_malformed_redis_url_is_one_line_without_its_password(build: Build) ->
     assert message.startswith("error: APP_REDIS_URL: not a Redis URL"), message
     assert "\n" not in message
     assert "hunter2" not in message
+
+
+TRUSTED_PROXIES_HELP = "use addresses or networks such as 10.0.0.0/8, 192.168.1.7"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("10.0.0.0/33", "'10.0.0.0/33' is not an IP address or CIDR network"),
+        ("10.0.0.0/8, proxy.internal", "'proxy.internal' is not an IP address or CIDR network"),
+        ("fe80::/129", "'fe80::/129' is not an IP address or CIDR network"),
+        ("10.0.0.1/8", "'10.0.0.1/8' has host bits set (the network is 10.0.0.0/8)"),
+    ],
+)
+def test_a_bad_trusted_proxy_is_one_line(
+    build: Build, monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """Like every other setting: the variable, the part that is wrong, and what is accepted;
+    pydantic's names for its IPv4-or-IPv6 validators stay out."""
+    monkeypatch.setenv("APP_TRUSTED_PROXIES", value)
+    with pytest.raises(ValidationError) as caught:
+        build()
+    assert describe(caught.value).splitlines() == [
+        f"error: APP_TRUSTED_PROXIES: {problem}; {TRUSTED_PROXIES_HELP}"
+    ]

@@ -1,4 +1,5 @@
-"""Prometheus metrics, served at `GET /metrics` (`APP_METRICS=false` removes the route).
+"""Prometheus metrics, served at `GET /metrics` and `HEAD /metrics` (`APP_METRICS=false` removes
+the route).
 
 Every label value comes from a fixed, small set, so the number of series stays the same
 whatever the traffic: a label built from a raw path, a user name, a token, a request id or a
@@ -162,7 +163,8 @@ def _process_registry() -> CollectorRegistry:
 router = APIRouter()
 
 
-@router.get("/metrics", include_in_schema=False)
+# HEAD too, for probes that use it: the same answer without the body (uvicorn drops it).
+@router.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
 def metrics() -> Response:
     # A sync route: collecting reads files under --workers N, kept off the event loop.
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

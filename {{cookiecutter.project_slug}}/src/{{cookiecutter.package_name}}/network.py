@@ -24,6 +24,24 @@ def parse_address(text: str) -> IPAddress | None:
         return None
 
 
+def parse_network(text: str) -> IPNetwork:
+    """An address or a CIDR network (`APP_TRUSTED_PROXIES`); a ValueError says in one line which
+    text is wrong and what is accepted. The text is shown: an address is no secret."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        problem = f"{shown} is not an IP address or CIDR network"
+    else:
+        problem = f"{shown} has host bits set (the network is {network})"
+    raise ValueError(f"{problem}; use addresses or networks such as 10.0.0.0/8, 192.168.1.7")
+
+
 def is_trusted(address: IPAddress, trusted: Iterable[IPNetwork]) -> bool:
     return any(address.version == network.version and address in network for network in trusted)
 

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url  # what create_redis uses
 
-from .network import IPNetwork
+from .network import IPNetwork, parse_network
 from .ratelimit import Rate
 
 MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
@@ -130,9 +130,11 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
-        """Accept `10.0.0.0/8, 192.168.1.7` as well as a list."""
-        if isinstance(value, str):
-            return tuple(part for part in value.replace(",", " ").split() if part)
+        """Accept `10.0.0.0/8, 192.168.1.7` as well as a list. Each text is parsed here: left to
+        pydantic, a bad one was two errors (IPv4, IPv6) named after its validators' internals."""
+        parts = value.replace(",", " ").split() if isinstance(value, str) else value
+        if isinstance(parts, (list, tuple)):
+            return tuple(parse_network(part) if isinstance(part, str) else part for part in parts)
         return value
 
     @model_validator(mode="before")

@@ -1,4 +1,9 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes.
+
+Each answers HEAD like GET, without the body (load balancers probe with HEAD). HEAD is not in the
+OpenAPI document: RFC 9110 defines it as GET without the body, and an operation of its own would
+promise a JSON body that never comes.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live")
+@router.head("/live", include_in_schema=False)
 async def live() -> Response:
     """The process is up. Never touches Redis, so a Redis outage does not restart the app."""
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", responses=errors.responses(503))
+@router.head("/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
     """Ready to serve: Redis answers PING within the configured timeout (and, verifying a
     remote issuer's tokens, its keys have been fetched)."""
