@@ -4,7 +4,7 @@ spellings of a token."""
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -107,3 +107,21 @@ def misspellings(token: str) -> dict[str, str]:
         "a signature of 4n+1 characters": token + "A" * ((1 - len(signature)) % 4),
         "a non-ASCII letter for a letter": f"{head}.{signature[:-1]}Ä",
     }
+
+
+async def assert_only_the_canonical_spelling_verifies(
+    client: httpx.AsyncClient, token: str, verify: Callable[[str], bytes]
+) -> None:
+    """Each respelling of `token` gives `verify` (python-jose alone, with the right key) the very
+    payload of `token`, so nothing but the spelling check stands in its way; yet it gets a 401 at
+    `/me`, and so does each malformed variant."""
+    payload = verify(token)
+    for name, spelling in respellings(token).items():
+        assert verify(spelling) == payload, name
+        response = await client.get("/me", headers=raw_bearer(spelling))
+        assert response.status_code == 401, f"{name}: {response.text}"
+        assert_invalid_token(response)
+    for name, spelling in misspellings(token).items():
+        response = await client.get("/me", headers=raw_bearer(spelling))
+        assert response.status_code == 401, f"{name}: {response.text}"
+        assert_invalid_token(response)

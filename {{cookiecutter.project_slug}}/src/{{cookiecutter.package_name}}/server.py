@@ -197,8 +197,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _room(self) -> int:
         """How many bytes may be fed before a limit must be checked again."""
-        if self._framing is not None:
-            return min(CHUNKED_PIECE_BYTES, self._trailer_room - self._framing)
+        if self._framing is not None:  # at least a byte: the check after it refuses
+            return max(1, min(CHUNKED_PIECE_BYTES, self._trailer_room - self._framing))
         return MAX_HEADER_BYTES - (self._header_bytes or 0)
 
     def _feed(self, data: bytes | memoryview) -> None:
@@ -280,10 +280,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return 0
 
     def _parsed_head_bytes(self) -> int:
-        """The size of the header block as parsed: request line and fields (whitespace around
-        values aside)."""
+        """The size of the header block as parsed, never more than it was: the request line,
+        each field as `name:value` and its line end (without the whitespace a client may add),
+        and the blank line."""
         line = len(self.scope["method"]) + len(self.url) + len(" HTTP/1.1\r\n") + 1
-        return line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
+        return line + sum(len(name) + len(value) + 3 for name, value in self.headers) + 2
+
+    def handle_websocket_upgrade(self) -> None:
+        self._waiting = None  # the WebSocket protocol takes the connection over, with its timers
+        super().handle_websocket_upgrade()
 
     # Time --------------------------------------------------------------------------------------
 
