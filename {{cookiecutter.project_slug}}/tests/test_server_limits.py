@@ -54,18 +54,28 @@ def request_with_header_block(size: int, path: str = "/health/live") -> bytes:
     return head + b"p" * (size - len(head) - len(end)) + end
 
 
-def exchange(port: int, *pieces: bytes) -> bytes:
+def exchange(port: int, *pieces: bytes, send_buffer: int | None = None) -> bytes:
     """Send `pieces` as separate writes, then read until the server closes the connection.
-    A reset after the server's answer counts as the end of it."""
+
+    A server that refuses a request answers and closes while the client may still be sending:
+    the rest of what the client sends then meets a closed socket and gets a reset. The answer
+    is still there to read (the kernel keeps what arrived before the reset), so a failed write
+    ends the sending, not the exchange; a reset after the answer counts as its end.
+    `send_buffer`: a small one makes each write wait for the server, as over a slow link."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if send_buffer is not None:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         try:
             for piece in pieces:
                 connection.sendall(piece)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        try:
             while chunk := connection.recv(CHUNK):
                 received += chunk
-        except (ConnectionResetError, BrokenPipeError):
+        except ConnectionResetError:
             pass
     return received
 
@@ -185,10 +195,13 @@ def test_trailer_fields_are_read_but_never_reach_the_app(served: tuple[Service, 
 def test_a_trailer_section_over_the_limit_is_refused_with_431(
     served: tuple[Service, int],
 ) -> None:
-    """64 KiB of trailer fields, 1 KiB per write: refused long before the end."""
+    """64 KiB of trailer fields, 1 KiB per write through a small send buffer (the server is
+    still being sent to when it refuses): refused long before the end, and the client reads
+    the 431."""
     head = post_refresh("Transfer-Encoding: chunked\r\n")
+    body = chunked(b'{"refresh_token": "made-up"}')
     pieces = in_pieces(trailer_fields(4 * MAX_HEADER_BYTES), 1024)
-    answer = exchange(served[1], head, chunked(b'{"refresh_token": "made-up"}'), *pieces, b"\r\n")
+    answer = exchange(served[1], head, body, *pieces, b"\r\n", send_buffer=2048)
     assert statuses(answer) == [431], answer[:200]
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
         "detail": "Request Header Fields Too Large"
