@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 ANSWERS_JSON = r"""{{ cookiecutter | jsonify }}"""
 
 CHOICES = {
-    "python_version": ("3.11", "3.12", "3.13"),
+    "python_version": ("3.14", "3.15", "3.13", "3.12", "3.11"),
     "jwt_algorithm": ("HS256", "RS256", "ES256"),
     "ci": ("github", "gitlab", "none"),
     "license": ("MIT", "Apache-2.0", "Proprietary"),
