@@ -1,4 +1,5 @@
-"""Finish the generated project: record the answers, fill in secrets, prune unchosen files.
+"""Finish the generated project: record the answers, keep the lock for the chosen Python, fill in
+secrets, prune unchosen files.
 
 Runs inside the new project directory, offline. Secrets come from `secrets` and are written to
 git-ignored files (`.env`, `keys/`) with owner-only permissions; nothing secret is printed.
@@ -28,6 +29,10 @@ PUBLIC_KEY_FILE = f"{KEY_DIR}/jwt-public.pem"
 RSA_KEY_BITS = 3072
 SECRET_BYTES = 48  # HS256 needs at least 32 (the hash size, RFC 7518 section 3.2)
 PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"  # settings.py refuses it everywhere
+# The template keeps one lock per python_version (`make lock` at its root writes them), copied
+# unrendered; each names the project this, and the bake puts its own name in.
+LOCKS_DIR = "locks"
+LOCK_PLACEHOLDER = 'name = "template-lock-placeholder"'
 
 
 class HookError(RuntimeError):
@@ -158,6 +163,30 @@ def choose_license(project: Path, license_name: str) -> None:
     shutil.rmtree(licenses)
 
 
+def choose_lock(project: Path, python_version: str, project_slug: str) -> None:
+    """Keep the lock made for this `python_version` as `uv.lock`, under the project's name.
+
+    A slug is already a normalized distribution name, as uv writes it. The lock is current for
+    the rendered pyproject.toml: nothing else in it depends on the answers (tests/test_locks.py
+    checks every version's with `uv lock --check`)."""
+    locks = project / LOCKS_DIR
+    lock = locks / f"uv-{python_version}.lock"
+    try:
+        text = lock.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HookError(
+            f"python_version: the template has no lock for {python_version} "
+            "(run `make lock` at the template's root)"
+        ) from None
+    if text.count(LOCK_PLACEHOLDER) != 1:
+        raise HookError(
+            f"python_version: the template's {lock.name} does not name the project once"
+        )
+    new_name = f'name = "{project_slug}"'
+    (project / "uv.lock").write_text(text.replace(LOCK_PLACEHOLDER, new_name), encoding="utf-8")
+    shutil.rmtree(locks)
+
+
 def record_answers(project: Path, context: Mapping[str, object]) -> None:
     text = json.dumps(public_answers(context), indent=2, sort_keys=True) + "\n"
     (project / ".cookiecutter.json").write_text(text, encoding="utf-8")
@@ -188,6 +217,7 @@ def main() -> int:
     project = Path.cwd()
     try:
         record_answers(project, context)
+        choose_lock(project, str(context["python_version"]), str(context["project_slug"]))
         write_secrets(project, str(context["jwt_algorithm"]))
         remove_ci_files(project, str(context["ci"]))
         choose_license(project, str(context["license"]))
