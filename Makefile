@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SYSTEM_TOOLS := redis-server docker-compose openssl chromium
 APT_PACKAGES := redis-server docker-compose openssl chromium
 
-.PHONY: test system-tools venv bake clean lint
+.PHONY: test system-tools venv bake clean lint lock upgrade
 
 test: system-tools venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -25,10 +25,33 @@ system-tools:
 	  fi; \
 	fi
 
-venv:
+# The test tools, exactly as uv.lock pins them (uv first, with pip, at the lock's version and
+# hashes; then everything else with uv). Nothing is resolved.
+UV_REQUIREMENT := {{cookiecutter.project_slug}}/scripts/uv_requirement.py
+
+venv: $(BIN)/uv
+	UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(BIN)/uv sync --locked
+
+$(BIN)/uv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install --quiet --group test
+	$(BIN)/python '$(UV_REQUIREMENT)' uv.lock > $(VENV)/uv-requirement.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+	  --requirement $(VENV)/uv-requirement.txt
+
+# The locks, after editing a pyproject.toml (`lock` keeps every version it can) or to move to the
+# newest releases (`upgrade`): first the template's own tools (uv.lock), then the generated
+# project's, one per python_version (tools/locks.py; the Pythons other than this one are locked
+# in their root file systems, which needs root and debootstrap). Review the diffs, run
+# `make test`, commit.
+lock: $(BIN)/uv
+	$(BIN)/uv lock
+	$(MAKE) --no-print-directory venv
+	$(BIN)/python -m tools.locks
+
+upgrade: $(BIN)/uv
+	$(BIN)/uv lock --upgrade
+	$(MAKE) --no-print-directory venv
+	$(BIN)/python -m tools.locks --upgrade
 
 bake: venv
 	$(BIN)/cookiecutter --no-input --overwrite-if-exists . --output-dir build
@@ -37,6 +60,5 @@ clean:
 	rm -rf $(VENV) .venv-bake build .pytest_cache
 
 lint: venv
-	$(BIN)/python -m pip install --quiet "ruff>=0.8"
-	$(BIN)/ruff check hooks tests
-	$(BIN)/ruff format --check hooks tests
+	$(BIN)/ruff check hooks tests tools
+	$(BIN)/ruff format --check hooks tests tools
