@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from .baking import BAKE_VENV, bake, clean_environment, run
+from .baking import BAKE_VENV, bake, clean_environment, host_python_version, run
 
 
 @pytest.fixture(scope="session")
 def bake_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv with the generated project's runtime and dev dependencies.
+    """A virtualenv with the generated project's runtime and dev dependencies, on this Python.
 
-    It is made with the generated Makefile's own `install` target (as a user would), from a
-    default bake; later bakes are installed into it with `--no-deps` before their suites run.
+    It is made with the generated Makefile's own `install` target (exactly the lock, as a user
+    would), from a bake for this Python; other bakes are made importable in it with
+    `install_into` before they run there.
     """
-    project = bake(tmp_path_factory.mktemp("venv-bake"))
+    project = bake(tmp_path_factory.mktemp("venv-bake"), python_version=host_python_version())
     run(["make", "install", f"VENV={BAKE_VENV}"], cwd=project, env=clean_environment())
     return BAKE_VENV

@@ -27,9 +27,11 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 from .baking import bake, clean_environment
 from .docker_engine import CommandFailed, DockerUnavailable, ensure_base_images, ensure_engine
+from .locks import DISTRIBUTIONS_SCRIPT, MARKER_ENVIRONMENT_SCRIPT, exported, installed_set
 
 pytestmark = pytest.mark.docker
 
@@ -273,6 +275,17 @@ def redis_answers_without_password(port: int) -> bytes:
         return connection.recv(200)
 
 
+def assert_image_holds_exactly_the_lock(stack: Stack) -> None:
+    """The image's Python has the lock's runtime packages at the lock's versions for its own
+    platform and Python, the service, and nothing else: nothing was resolved at build time."""
+    python = ("exec", "-T", "app", "python", "-c")
+    markers = json.loads(stack.run(*python, MARKER_ENVIRONMENT_SCRIPT).stdout)
+    installed = json.loads(stack.run(*python, DISTRIBUTIONS_SCRIPT).stdout)
+    expected = installed_set(exported(stack.project), markers)
+    expected[canonicalize_name(stack.project.name)] = "0.1.0"
+    assert {canonicalize_name(name): version for name, version in installed.items()} == expected
+
+
 @pytest.mark.parametrize(
     "stack",
     [({"jwt_algorithm": algorithm}, "compose.yaml") for algorithm in ("HS256", "RS256", "ES256")],
@@ -304,6 +317,7 @@ def test_compose_up_serves_logged_in_requests(stack: Stack) -> None:
     assert httpx.get(f"{stack.base_url}/me", timeout=30).status_code == 401
 
     assert stack.run("exec", "-T", "app", "id", "-u").stdout.strip() == APP_UID
+    assert_image_holds_exactly_the_lock(stack)
     if (stack.project / "keys").is_dir():  # the key pair reached the app, and no one else
         copied = stack.run("exec", "-T", "app", "stat", "-c", "%a %u", "/app/keys/jwt-private.pem")
         assert copied.stdout.split() == ["400", APP_UID]
