@@ -91,10 +91,11 @@ def test_dependabot_watches_packages_actions_and_images(github_project: Path) ->
     config = yaml.safe_load((github_project / ".github" / "dependabot.yml").read_text())
     assert config["version"] == 2
     updates = {entry["package-ecosystem"]: entry for entry in config["updates"]}
-    assert {"pip", "github-actions", "docker"} <= set(updates)
+    assert {"uv", "github-actions", "docker"} <= set(updates)
+    assert "pip" not in updates  # it would edit pyproject.toml and leave uv.lock behind
     # Each ecosystem's directory holds what it updates.
     manifests = {
-        "pip": "pyproject.toml",
+        "uv": "uv.lock",
         "github-actions": ".github/workflows/ci.yml",
         "docker": "Dockerfile",
         "docker-compose": "compose.yaml",
@@ -103,6 +104,7 @@ def test_dependabot_watches_packages_actions_and_images(github_project: Path) ->
         directory = github_project / entry["directory"].lstrip("/")
         assert (directory / manifests[ecosystem]).is_file(), ecosystem
         assert entry["schedule"]["interval"] in {"daily", "weekly", "monthly"}
+        assert entry["cooldown"]["default-days"] >= 7, ecosystem
 
 
 def test_ruff_is_pinned_to_the_version_of_the_commit_hook(github_project: Path) -> None:
