@@ -1,0 +1,1 @@
+"""Infrastructure the template's tests build on, kept apart from the tests themselves."""
