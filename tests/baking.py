@@ -19,6 +19,10 @@ from cookiecutter.main import cookiecutter
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 BAKE_VENV = TEMPLATE_DIR / ".venv-bake"  # the generated projects' dependencies, reused across runs
 TOOLS_DIR = Path(sys.executable).parent  # this virtualenv's bin/: cookiecutter, cruft, hadolint
+# The python_version of every bake whose code runs on this machine's Python (in BAKE_VENV): a
+# bake for a newer Python requires that Python, and pip refuses to install it here. The other
+# versions are proven in tests/test_generated_suites.py, on interpreters of their own.
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PROJECT_TEMPLATE = "{{cookiecutter.project_slug}}"
 # What cruft needs of the template: the answers, the hooks and the project tree.
 TEMPLATE_PARTS = ("cookiecutter.json", "hooks", PROJECT_TEMPLATE)

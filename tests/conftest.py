@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .baking import BAKE_VENV, bake, clean_environment, run
+from .baking import BAKE_VENV, HOST_PYTHON, bake, clean_environment, run
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +14,9 @@ def bake_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv with the generated project's runtime and dev dependencies.
 
     It is made with the generated Makefile's own `install` target (as a user would), from a
-    default bake; later bakes are installed into it with `--no-deps` before their suites run.
+    default bake for this machine's Python; later bakes for the same Python are installed into it
+    with `--no-deps` before they run.
     """
-    project = bake(tmp_path_factory.mktemp("venv-bake"))
+    project = bake(tmp_path_factory.mktemp("venv-bake"), python_version=HOST_PYTHON)
     run(["make", "install", f"VENV={BAKE_VENV}"], cwd=project, env=clean_environment())
     return BAKE_VENV
