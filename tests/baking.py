@@ -19,6 +19,10 @@ from cookiecutter.main import cookiecutter
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 BAKE_VENV = TEMPLATE_DIR / ".venv-bake"  # the generated projects' dependencies, reused across runs
 TOOLS_DIR = Path(sys.executable).parent  # this virtualenv's bin/: cookiecutter, cruft, hadolint
+# The python_version of every bake whose code runs on this machine's Python (in BAKE_VENV): a
+# bake for a newer Python requires that Python, and pip refuses to install it here. The other
+# versions are proven in tests/test_generated_suites.py, on interpreters of their own.
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 PROJECT_TEMPLATE = "{{cookiecutter.project_slug}}"
 # What cruft needs of the template: the answers, the hooks and the project tree.
 TEMPLATE_PARTS = ("cookiecutter.json", "hooks", PROJECT_TEMPLATE)
@@ -99,12 +103,6 @@ def install_into(venv: Path, project: Path) -> None:
     each call replaces the last."""
     (site_packages,) = venv.glob("lib/python3*/site-packages")
     (site_packages / "_00_template_bake.pth").write_text(f"{project / 'src'}\n", encoding="utf-8")
-
-
-def host_python_version() -> str:
-    """This Python's `python_version` answer: the bakes that install into this interpreter's
-    virtualenvs must allow it."""
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 # Creating and updating with cruft, from a git repository of the template, as a team would.

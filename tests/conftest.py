@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .baking import BAKE_VENV, bake, clean_environment, host_python_version, run
+from .baking import BAKE_VENV, HOST_PYTHON, bake, clean_environment, run
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,6 @@ def bake_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     would), from a bake for this Python; other bakes are made importable in it with
     `install_into` before they run there.
     """
-    project = bake(tmp_path_factory.mktemp("venv-bake"), python_version=host_python_version())
+    project = bake(tmp_path_factory.mktemp("venv-bake"), python_version=HOST_PYTHON)
     run(["make", "install", f"VENV={BAKE_VENV}"], cwd=project, env=clean_environment())
     return BAKE_VENV

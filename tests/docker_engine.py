@@ -4,9 +4,11 @@ Plain functions for the template's tests (the fixtures that need Docker call the
 `ensure_engine`, then `ensure_base_images`. Nothing here is a pytest fixture.
 
 Where no container registry can be reached, each base image the generated project names
-(`python:3.11-slim`, `redis:7.4-alpine`, `nginx:1.27-alpine`) is replaced by a *stand-in*: an
+(`python:3.14-slim`, `redis:7.4-alpine`, `nginx:1.27-alpine`) is replaced by a *stand-in*: an
 image built from Debian's own packages on a minimal Debian root file system (made with
-debootstrap) and tagged with the real image's name. Every stand-in carries the label
+debootstrap, by `tools.roots`) and tagged with the real image's name. A `python:X.Y-slim`
+stand-in is built on the Debian release whose python3 is X.Y (`PYTHON_SUITES`); the others on
+bookworm. Every stand-in carries the label
 `STAND_IN_LABEL`, whose value is a digest of the recipe it was built from, so a later run can
 tell a stand-in from the real image and rebuild one whose recipe has changed. Images stay in the
 daemon's storage, so a machine builds each stand-in once.
@@ -36,19 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tools import roots
+
 # What `ensure_base_images` says about each image.
 LOCAL = "local"  # a real image that was already there
 PULLED = "pulled"  # a real image, pulled just now
 STAND_IN = "stand-in"  # built here from Debian's packages (now or on an earlier run)
 
 STAND_IN_LABEL = "fastapi-jwt-redis-template.stand-in"
-BASE_TAG = "fastapi-jwt-redis-template/stand-in-base:bookworm"
-DEBIAN_SUITE = "bookworm"
-# The base image's label value; change it whenever the way the base is made changes, and the
-# base and every stand-in on it are rebuilt.
-BASE_VERSION = f"debootstrap-minbase-{DEBIAN_SUITE}-2"
-DEBIAN_PYTHON = "3.11"  # the version of Debian bookworm's python3
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
+BASE_REPOSITORY = "fastapi-jwt-redis-template/stand-in-base"  # tagged with the Debian release
+DEBIAN_SUITE = "bookworm"  # the release under the stand-ins that do not depend on a Python
+# The Debian release whose python3 is each version a python stand-in can be made for.
+PYTHON_SUITES = {"3.11": "bookworm", "3.14": "sid"}
+# Part of each base image's label value; change it whenever the way a base is made changes,
+# and the bases and every stand-in on them are rebuilt.
+BASE_REVISION = 3
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")  # CAs this machine adds, e.g. a proxy's
 LOCK_FILE = Path(tempfile.gettempdir()) / "fastapi-jwt-redis-template-docker.lock"
 
@@ -57,8 +61,7 @@ ENGINE_STOP_TIMEOUT = 60.0  # seconds dockerd gets to stop after SIGTERM
 PROBE_TIMEOUT = 20.0
 PULL_TIMEOUT = 120.0
 APT_TIMEOUT = 900.0
-DEBOOTSTRAP_TIMEOUT = 900.0
-IMPORT_TIMEOUT = 600.0
+IMPORT_TIMEOUT = 600.0  # seconds to pack and import a root file system
 BUILD_TIMEOUT = 900.0
 OUTPUT_TAIL_LINES = 40
 
@@ -388,7 +391,7 @@ def _pull_or_build(docker: str, image: str, workdir: Path) -> str:
         recipe = _stand_in_recipe(image)
     except DockerUnavailable as error:
         raise DockerUnavailable(f"cannot pull {image} ({pull_failure}), and {error}") from None
-    _ensure_base(docker, workdir)
+    _ensure_base(docker, workdir, recipe.suite)
     _build_stand_in(docker, image, recipe, workdir)
     return STAND_IN
 
@@ -453,17 +456,30 @@ def _split_reference(image: str) -> tuple[str, str]:
 # Stand-in recipes
 
 
+def _base_tag(suite: str) -> str:
+    """The name of the minimal Debian image of one release that stand-ins are built on."""
+    return f"{BASE_REPOSITORY}:{suite}"
+
+
+def _base_version(suite: str) -> str:
+    """The label value of a base image, naming how it was made."""
+    return f"debootstrap-minbase-{suite}-{BASE_REVISION}"
+
+
 @dataclass(frozen=True)
 class _Recipe:
-    """What a stand-in is built from: a Dockerfile and the other files of its build context."""
+    """What a stand-in is built from: the Debian release of its base image, a Dockerfile that
+    starts `FROM` that base, and the other files of its build context."""
 
+    suite: str
     dockerfile: str
     files: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
-        """A short fingerprint of the whole build context; it changes when anything in it does."""
-        hasher = hashlib.sha256(f"{BASE_VERSION}\0{self.dockerfile}".encode())
+        """A short fingerprint of the base and the whole build context; it changes when either
+        does."""
+        hasher = hashlib.sha256(f"{_base_version(self.suite)}\0{self.dockerfile}".encode())
         for name in sorted(self.files):
             content = self.files[name]
             hasher.update(f"\0{name}\0{len(content)}\0".encode())
@@ -508,16 +524,19 @@ def _require_step(*commands: str) -> str:
 
 
 def _python_recipe(tag: str) -> _Recipe:
-    """python:3.11-slim from Debian's python3, with `python`, venv, pip and this machine's CAs.
+    """python:X.Y-slim from the python3 of the Debian release whose python3 is X.Y, with
+    `python`, venv, pip and this machine's CAs.
 
-    pip inside a build must trust the same extra certificate authorities as this machine
-    (an egress proxy's, for instance), so they are copied into the image.
+    pip and uv inside a build must trust the same extra certificate authorities as this machine
+    (an egress proxy's, for instance), so they are copied into the image and the bundle is named
+    by PIP_CERT (pip) and SSL_CERT_FILE (uv, and Python's ssl module).
     """
     version = re.match(r"(\d+\.\d+)(?:-|$)", tag)
-    if version is None or version[1] != DEBIAN_PYTHON:
+    suite = None if version is None else PYTHON_SUITES.get(version[1])
+    if suite is None:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in PYTHON_SUITES.items())
         raise DockerUnavailable(
-            f"a stand-in for python exists only for {DEBIAN_PYTHON} "
-            f"(Debian {DEBIAN_SUITE}'s python3), not for python:{tag}"
+            f"a stand-in for python exists only for {offered}, not for python:{tag}"
         )
     install = _apt_install_step(
         "python3",
@@ -528,23 +547,30 @@ def _python_recipe(tag: str) -> _Recipe:
         "passwd",
     )
     require = _require_step("python", "python3", "pip", "groupadd", "useradd", "install")
+    # The release's python3 must be the version the tag names, or the stand-in would lie.
+    major, minor = version[1].split(".")
+    check_version = (
+        f"python -c 'import sys; assert sys.version_info[:2] == ({major}, {minor}), sys.version'"
+    )
     dockerfile = textwrap.dedent(
         f"""\
-        FROM {BASE_TAG}
+        FROM {_base_tag(suite)}
         ENV LANG=C.UTF-8 \\
-            PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+            PIP_CERT=/etc/ssl/certs/ca-certificates.crt \\
+            SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
         COPY extra-ca/ /usr/local/share/ca-certificates/
         RUN {install} \\
             && update-ca-certificates \\
             && rm -f /usr/lib/python3.*/EXTERNALLY-MANAGED \\
-            && {require}
+            && {require} \\
+            && {check_version}
         CMD ["python3"]
         """
     )
     files = {"extra-ca/README": b"Certificate authorities copied from the build machine.\n"}
     for certificate in sorted(EXTRA_CA_DIR.rglob("*.crt")):
         files[f"extra-ca/{certificate.relative_to(EXTRA_CA_DIR)}"] = certificate.read_bytes()
-    return _Recipe(dockerfile, files)
+    return _Recipe(suite, dockerfile, files)
 
 
 def _redis_recipe() -> _Recipe:
@@ -553,7 +579,7 @@ def _redis_recipe() -> _Recipe:
     require = _require_step("redis-server", "redis-cli")
     dockerfile = textwrap.dedent(
         f"""\
-        FROM {BASE_TAG}
+        FROM {_base_tag(DEBIAN_SUITE)}
         RUN {install} \\
             && mkdir -p /data \\
             && chown redis:redis /data \\
@@ -564,7 +590,7 @@ def _redis_recipe() -> _Recipe:
         CMD ["redis-server"]
         """
     )
-    return _Recipe(dockerfile)
+    return _Recipe(DEBIAN_SUITE, dockerfile)
 
 
 _NGINX_DEFAULT_SITE = b"""\
@@ -586,7 +612,7 @@ def _nginx_recipe() -> _Recipe:
     install = _apt_install_step("nginx")
     dockerfile = textwrap.dedent(
         f"""\
-        FROM {BASE_TAG}
+        FROM {_base_tag(DEBIAN_SUITE)}
         RUN {install} \\
             && rm -f /etc/nginx/sites-enabled/default \\
             && ln -sf /dev/stdout /var/log/nginx/access.log \\
@@ -599,7 +625,7 @@ def _nginx_recipe() -> _Recipe:
         CMD ["nginx", "-g", "daemon off;"]
         """
     )
-    return _Recipe(dockerfile, {"default.conf": _NGINX_DEFAULT_SITE})
+    return _Recipe(DEBIAN_SUITE, dockerfile, {"default.conf": _NGINX_DEFAULT_SITE})
 
 
 def _build_stand_in(docker: str, image: str, recipe: _Recipe, workdir: Path) -> None:
@@ -627,45 +653,42 @@ def _build_stand_in(docker: str, image: str, recipe: _Recipe, workdir: Path) -> 
 # The stand-ins' Debian base
 
 
-def _ensure_base(docker: str, workdir: Path) -> None:
-    """Make sure the minimal Debian image the stand-ins build on is in the engine.
+def _ensure_base(docker: str, workdir: Path, suite: str) -> None:
+    """Make sure the minimal Debian image of `suite` that stand-ins build on is in the engine.
 
-    It is made once per machine: debootstrap writes a root file system, which is imported.
+    It is made once per machine: debootstrap writes a root file system (`tools.roots`, with
+    this machine's apt settings and no service starts), which is imported.
     """
-    present = _inspect_image(docker, BASE_TAG)
-    if present is not None and present.labels.get(STAND_IN_LABEL) == BASE_VERSION:
+    tag, version = _base_tag(suite), _base_version(suite)
+    present = _inspect_image(docker, tag)
+    if present is not None and present.labels.get(STAND_IN_LABEL) == version:
         return
     if os.geteuid() != 0:
         raise DockerUnavailable("making the stand-ins' Debian base with debootstrap needs root")
-    _install_missing(("debootstrap",))
-    build_dir = Path(tempfile.mkdtemp(prefix="stand-in-base-", dir=workdir))
+    build_dir = Path(tempfile.mkdtemp(prefix=f"stand-in-base-{suite}-", dir=workdir))
     rootfs = build_dir / "rootfs"
     try:
-        _run(
-            [
-                _require_command("debootstrap"),
-                "--variant=minbase",
-                DEBIAN_SUITE,
-                str(rootfs),
-                _debian_mirror(),
-            ],
-            step="making a Debian root file system",
-            timeout=DEBOOTSTRAP_TIMEOUT,
-        )
-        _forbid_service_starts(rootfs)
+        with _as_docker_errors():
+            roots.debootstrap(suite, rootfs)
+            roots.forbid_service_starts(rootfs)
+            roots.follow_host_apt_settings(rootfs)
         _drop_apt_caches(rootfs)
-        _import_rootfs(docker, rootfs, build_dir / "tar-errors.log")
+        _import_rootfs(docker, rootfs, build_dir / "tar-errors.log", tag, version)
     finally:
-        _remove_tree(build_dir)
+        roots.remove_tree(build_dir)
     if present is not None:
         _remove_image(docker, present.image_id)  # an outdated base, unless stand-ins still use it
 
 
-def _forbid_service_starts(rootfs: Path) -> None:
-    """Tell package scripts inside images never to start services (as Debian's images do)."""
-    policy = rootfs / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\n# Services are never started while packages install.\nexit 101\n")
-    policy.chmod(0o755)
+@contextlib.contextmanager
+def _as_docker_errors() -> Iterator[None]:
+    """`tools.roots`' errors as this module's: a command that failed stays a failure."""
+    try:
+        yield
+    except roots.CommandFailed as failed:
+        raise CommandFailed(failed.step, failed.command, failed.outcome, failed.output) from None
+    except roots.RootUnavailable as missing:
+        raise DockerUnavailable(str(missing)) from None
 
 
 def _drop_apt_caches(rootfs: Path) -> None:
@@ -680,20 +703,21 @@ def _drop_apt_caches(rootfs: Path) -> None:
             path.unlink()
 
 
-def _import_rootfs(docker: str, rootfs: Path, tar_log: Path) -> None:
-    """Pack a root file system with tar and import it into the engine as BASE_TAG."""
+def _import_rootfs(docker: str, rootfs: Path, tar_log: Path, tag: str, version: str) -> None:
+    """Pack a root file system with tar and import it into the engine as `tag`, labelled with
+    the `version` of the way it was made."""
     tar_command = ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."]
     import_command = [
         docker,
         "import",
         "--change",
-        f"LABEL {STAND_IN_LABEL}={BASE_VERSION}",
+        f"LABEL {STAND_IN_LABEL}={version}",
         "--change",
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "--change",
         'CMD ["bash"]',
         "-",
-        BASE_TAG,
+        tag,
     ]
     with (
         tar_log.open("wb") as tar_errors,
@@ -716,61 +740,3 @@ def _import_rootfs(docker: str, rootfs: Path, tar_log: Path) -> None:
             f"exited {tar.returncode}",
             _read_text(tar_log),
         )
-
-
-def _debian_mirror() -> str:
-    """The Debian mirror this machine's apt uses for bookworm, or Debian's default one."""
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
-    one_line = Path("/etc/apt/sources.list")
-    for uri in (*_deb822_mirrors(_read_text(deb822)), *_one_line_mirrors(_read_text(one_line))):
-        return uri
-    return DEFAULT_MIRROR
-
-
-def _deb822_mirrors(text: str) -> list[str]:
-    """The first URI of each deb822 stanza that serves the plain bookworm suite."""
-    mirrors = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            key, colon, value = line.partition(":")
-            if colon and not line.startswith(("#", " ", "\t")):
-                fields[key.strip().lower()] = value.strip()
-        uris = fields.get("uris", "").split()
-        serves_suite = DEBIAN_SUITE in fields.get("suites", "").split()
-        if uris and serves_suite and "deb" in fields.get("types", "deb").split():
-            mirrors.append(uris[0])
-    return mirrors
-
-
-def _one_line_mirrors(text: str) -> list[str]:
-    """The URL of each one-line `deb URL bookworm ...` source."""
-    pattern = rf"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+{DEBIAN_SUITE}(?:\s|$)"
-    return re.findall(pattern, text, flags=re.MULTILINE)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a build directory, first undoing any mounts debootstrap may have left in it.
-
-    If a mount will not come off, the directory is left in place rather than deleting
-    through the mount into the files it shows (debootstrap bind-mounts the host's devices).
-    """
-    for mount_point in _mounts_below(path):
-        subprocess.run(["umount", "--lazy", mount_point], capture_output=True, check=False)
-    if not _mounts_below(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _mounts_below(path: Path) -> list[str]:
-    """Mount points inside a directory, deepest first."""
-    prefix = f"{path.resolve()}/"
-    try:
-        table = Path("/proc/self/mounts").read_text()
-    except OSError:
-        return []
-    points = [
-        re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), line.split()[1])
-        for line in table.splitlines()
-        if len(line.split()) > 1
-    ]
-    return sorted((point for point in points if point.startswith(prefix)), key=len, reverse=True)

@@ -20,9 +20,10 @@ SUPPORTED = [
     {},
     {"jwt_algorithm": "RS256"},
     {"jwt_algorithm": "ES256", "ci": "gitlab", "license": "Apache-2.0"},
+    {"python_version": "3.15", "jwt_algorithm": "RS256", "ci": "gitlab"},
     {"python_version": "3.12", "ci": "none", "license": "Proprietary"},
     {"python_version": "3.13", "jwt_algorithm": "RS256", "ci": "gitlab"},
-    {"python_version": "3.13", "jwt_algorithm": "ES256", "license": "Proprietary", "ci": "none"},
+    {"python_version": "3.11", "jwt_algorithm": "ES256", "license": "Proprietary", "ci": "none"},
     {"project_name": "Billing API", "rate_limit": "20/second", "access_token_ttl_seconds": "300"},
     {"project_name": "Orders", "package_name": "orders_core", "rate_limit": "5000/hour"},
 ]

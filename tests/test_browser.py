@@ -1,11 +1,11 @@
 """The baked service's /docs and /redoc in a real browser, with every other host unreachable.
 
-A default bake serves itself (`python -m <package> serve`, a throwaway redis-server, a user made
-with `create-user`), and Debian's headless chromium, driven by Playwright, opens the pages. Every
-request to a host other than the service is aborted and recorded, and there must be none: the
-pages must render, and Swagger UI's Authorize (the password flow) and "Try it out" on `GET /me`
-must work, from the service alone. Playwright runs the system's chromium (`make system-tools`
-installs it); it never downloads a browser of its own.
+A default bake, for this machine's Python, serves itself (`python -m <package> serve`, a
+throwaway redis-server, a user made with `create-user`), and Debian's headless chromium, driven
+by Playwright, opens the pages. Every request to a host other than the service is aborted and
+recorded, and there must be none: the pages must render, and Swagger UI's Authorize (the
+password flow) and "Try it out" on `GET /me` must work, from the service alone. Playwright runs
+the system's chromium (`make system-tools` installs it); it never downloads a browser of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from .baking import bake, clean_environment, install_into, load_generated_module
+from .baking import HOST_PYTHON, bake, clean_environment, install_into, load_generated_module
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ USER, PASSWORD = "alice", "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, bake_venv: Path) -> Path:
-    project = bake(tmp_path_factory.mktemp("browser"))
+    project = bake(tmp_path_factory.mktemp("browser"), python_version=HOST_PYTHON)
     install_into(bake_venv, project)
     return project
 

@@ -192,7 +192,25 @@ def test_github_workflow_runs_lint_types_tests_and_audit_with_redis(tmp_path: Pa
     python = next(
         step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-python")
     )
-    assert python["with"]["python-version"] == "3.11"
+    assert python["with"]["python-version"] == "3.14"  # the default answer
+
+
+def test_ci_runs_the_newest_offered_python_when_asked(tmp_path: Path) -> None:
+    """3.15 is a final release: setup-python finds it without allowing pre-releases, and the
+    official image has a plain `3.15-slim` tag (a release candidate's would be `3.15-rc-slim`)."""
+    github = bake(tmp_path / "github", ci="github", python_version="3.15")
+    workflow = yaml.safe_load((github / ".github" / "workflows" / "ci.yml").read_text())
+    (setup,) = [
+        step
+        for step in workflow["jobs"]["test"]["steps"]
+        if step.get("uses", "").startswith("actions/setup-python")
+    ]
+    assert setup["with"]["python-version"] == "3.15"
+    assert "allow-prereleases" not in setup["with"]
+    gitlab = bake(tmp_path / "gitlab", ci="gitlab", python_version="3.15")
+    assert yaml.safe_load((gitlab / ".gitlab-ci.yml").read_text())["test"]["image"] == (
+        "python:3.15-slim"
+    )
 
 
 def test_gitlab_pipeline_runs_lint_types_tests_and_audit_with_redis(tmp_path: Path) -> None:

@@ -51,7 +51,11 @@ def test_the_default_answers_are_valid() -> None:
         ("package_name", "json", "package_name: 'json' would shadow a module"),
         ("package_name", "redis", "package_name: 'redis' would shadow a module"),
         ("author_email", "nobody", "author_email: 'nobody' is not an email address"),
-        ("python_version", "3.9", "python_version: '3.9' is not one of 3.11, 3.12, 3.13"),
+        (
+            "python_version",
+            "3.9",
+            "python_version: '3.9' is not one of 3.14, 3.15, 3.13, 3.12, 3.11",
+        ),
         ("jwt_algorithm", "none", "jwt_algorithm: 'none' is not one of HS256, RS256, ES256"),
         ("jwt_algorithm", "HS512", "jwt_algorithm: 'HS512' is not one of HS256, RS256, ES256"),
         ("access_token_ttl_seconds", "0", "access_token_ttl_seconds: '0' is not a positive"),

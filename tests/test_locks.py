@@ -20,12 +20,12 @@ from packaging.utils import canonicalize_name
 from tools import roots
 
 from .baking import (
+    HOST_PYTHON,
     PROJECT_TEMPLATE,
     TEMPLATE_DIR,
     TOOLS_DIR,
     bake,
     clean_environment,
-    host_python_version,
     run,
 )
 from .locks import (
@@ -74,7 +74,7 @@ def test_each_bakes_lock_is_current(tmp_path: Path, python_version: str) -> None
     project = bake(tmp_path, python_version=python_version, project_name="Zebra Billing")
     check = [str(TOOLS_DIR / "uv"), "lock", "--check", "--no-python-downloads"]
     check += ["--python", f"python{python_version}"]
-    if python_version == host_python_version():
+    if python_version == HOST_PYTHON:
         run([*check[:-1], sys.executable], cwd=project, env=clean_environment())
         return
     root = root_with(python_version)
@@ -118,7 +118,7 @@ def test_make_install_gives_a_new_virtualenv_exactly_the_lock(tmp_path: Path) ->
     """A fresh `make install`, as the README says, on a machine with only Python: the virtualenv
     then holds the lock's runtime and dev packages at the lock's versions, the service itself,
     and nothing else (but the pip that bootstrapped uv)."""
-    project = bake(tmp_path / "bake", python_version=host_python_version())
+    project = bake(tmp_path / "bake", python_version=HOST_PYTHON)
     venv = tmp_path / "venv"
     run(["make", "install", f"VENV={venv}"], cwd=project, env=clean_environment())
     python = venv / "bin" / "python"
@@ -135,7 +135,7 @@ def test_make_install_gives_a_new_virtualenv_exactly_the_lock(tmp_path: Path) ->
 def test_a_dependency_edited_without_relocking_stops_make_install(tmp_path: Path) -> None:
     """pyproject.toml asks for a package the lock does not have: `make install` refuses, with
     uv's own words, and installs nothing."""
-    project = bake(tmp_path / "bake", python_version=host_python_version())
+    project = bake(tmp_path / "bake", python_version=HOST_PYTHON)
     pyproject = project / "pyproject.toml"
     text = pyproject.read_text()
     pyproject.write_text(text.replace("dependencies = [\n", 'dependencies = [\n    "six>=1.16",\n'))

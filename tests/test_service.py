@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .baking import bake, clean_environment, install_into, load_generated_module
+from .baking import HOST_PYTHON, bake, clean_environment, install_into, load_generated_module
 from .test_deploy_files import compose_config, dockerfile_instructions
 
 NO_HANG_SECONDS = 2.0  # what is asserted is "answers promptly", not speed
@@ -27,7 +27,9 @@ NO_HANG_SECONDS = 2.0  # what is asserted is "answers promptly", not speed
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, bake_venv: Path) -> Path:
-    project = bake(tmp_path_factory.mktemp("service"), jwt_algorithm="ES256")
+    project = bake(
+        tmp_path_factory.mktemp("service"), jwt_algorithm="ES256", python_version=HOST_PYTHON
+    )
     install_into(bake_venv, project)
     return project
 

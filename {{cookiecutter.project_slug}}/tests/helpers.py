@@ -4,6 +4,7 @@ spellings of a token."""
 from __future__ import annotations
 
 import string
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,6 +16,9 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 PASSWORD = "correct horse battery staple"
 INVALID_TOKEN = 'Bearer error="invalid_token"'
+# Python 3.15 warns that a later version will drop `+` and `/` from URL-safe base64, which
+# python-jose decodes with; until then the `+/` respelling still decodes to the token's bytes.
+PLUS_SLASH_WARNING = r"invalid character '[+/]' in URL-safe Base64 data"
 BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"  # RFC 4648 order
 
 
@@ -117,7 +121,9 @@ async def assert_only_the_canonical_spelling_verifies(
     `/me`, and so does each malformed variant."""
     payload = verify(token)
     for name, spelling in respellings(token).items():
-        assert verify(spelling) == payload, name
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", PLUS_SLASH_WARNING, FutureWarning)
+            assert verify(spelling) == payload, name
         response = await client.get("/me", headers=raw_bearer(spelling))
         assert response.status_code == 401, f"{name}: {response.text}"
         assert_invalid_token(response)

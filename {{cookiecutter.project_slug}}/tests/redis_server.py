@@ -159,11 +159,12 @@ class RedisServer:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
-                # "pid (comm) state ...": the state follows the last parenthesis.
-                current = status.read_text().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
+                text = status.read_text()
+            except OSError:
                 return  # no procfs: SIGSTOP takes effect almost at once anyway
-            if current == state:
+            # "pid (comm) state ...": the state follows the last parenthesis.
+            fields = text.rpartition(")")[2].split()
+            if not fields or fields[0] == state:
                 return
             time.sleep(0.001)
 

@@ -6,6 +6,7 @@ the limits live in the server's protocol (`server.py`), below FastAPI and below 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -67,11 +68,9 @@ def exchange(port: int, *pieces: bytes, send_buffer: int | None = None) -> bytes
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if send_buffer is not None:
             connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        try:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             for piece in pieces:
                 connection.sendall(piece)
-        except (ConnectionResetError, BrokenPipeError):
-            pass
         try:
             while chunk := connection.recv(CHUNK):
                 received += chunk
@@ -224,13 +223,13 @@ def reset_peak_rss(pid: int) -> float:
 def flood(port: int, start: bytes, piece: bytes, total: int) -> None:
     """Send `start`, then `piece` until `total` bytes or until the server closes; never finish
     the request (a server that buffers it all would wait for the rest)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        try:
-            connection.sendall(start)
-            for _ in range(total // len(piece)):
-                connection.sendall(piece)
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as connection,
+        contextlib.suppress(ConnectionResetError, BrokenPipeError),
+    ):
+        connection.sendall(start)
+        for _ in range(total // len(piece)):
+            connection.sendall(piece)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")

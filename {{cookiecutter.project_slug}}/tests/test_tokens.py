@@ -570,9 +570,11 @@ async def test_only_the_canonical_spelling_of_a_token_is_verified(
 
 
 def canonical_segment(segment: str) -> bool:
-    """The standard library's word on one segment: it is canonical when it is not empty, decodes
-    strictly (alphabet, length, padding) once the padding is added, and encodes back to itself."""
-    if not segment or not segment.isascii():
+    """The standard library's word on one segment: it is canonical when it is not empty, holds
+    no `+` or `/` (the standard alphabet's, which Python 3.15 deprecates beside `altchars`),
+    decodes strictly (alphabet, length, padding) once the padding is added, and encodes back to
+    itself."""
+    if not segment or not segment.isascii() or "+" in segment or "/" in segment:
         return False
     padded = segment + "=" * (-len(segment) % 4)
     try:

@@ -407,6 +407,7 @@ def rotate_keys(args: argparse.Namespace) -> int:
 
     from .auth.keys import previous_public_key_file, rotate_key_files
 
+    unreadable_key_errors = (JOSEError, ValueError)  # python-jose could not read the public key
     settings = load_settings()
     if settings.jwt_algorithm.startswith("HS"):
         print(
@@ -426,7 +427,7 @@ def rotate_keys(args: argparse.Namespace) -> int:
         where = error.filename or public_file.parent
         print(f"error: rotate-keys: {where}: {error.strerror}", file=sys.stderr)
         return 1
-    except (JOSEError, ValueError):  # python-jose could not read the current public key
+    except unreadable_key_errors:
         print(
             f"error: rotate-keys: {public_file}: not a {settings.jwt_algorithm} public key",
             file=sys.stderr,

@@ -37,6 +37,8 @@ HEALTH_CHECK_INTERVAL_SECONDS = 30  # PING an idle pooled connection before reus
 # under load) a request gets 503 at once. A healthy Redis keeps this near the number of
 # requests in progress.
 MAX_IN_FLIGHT = 1024
+# What a PING to a Redis that is down, frozen, refusing or mid-failover raises.
+PING_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 def create_redis(settings: Settings) -> RedisClient:
@@ -129,5 +131,5 @@ async def is_ready(redis: RedisClient, timeout_seconds: float) -> bool:
     try:
         async with asyncio.timeout(timeout_seconds):
             return bool(await redis.ping())
-    except (RedisError, OSError, TimeoutError):
+    except PING_ERRORS:
         return False

@@ -43,6 +43,7 @@ MAX_DOCUMENT_BYTES = 64 * 1024  # a 16-key JWKS is a few KiB; stop reading far p
 UNKNOWN_KID_INTERVAL_SECONDS = 30.0  # at most one fetch this often for unknown kids
 REFRESH_BOUNDS = (60.0, 24 * 60 * 60.0)  # whatever max-age says, refresh within these
 DEFAULT_REFRESH_SECONDS = 300.0  # when the issuer sends no max-age
+NOT_JSON_ERRORS = (ValueError, RecursionError)  # json.loads: not JSON, or nested too deeply
 RETRY_SECONDS = (1.0, 30.0)  # after a failed fetch: first retry, doubling up to the last
 RSA_BITS = (2048, 8192)  # weaker keys are refused; larger ones only cost verification time
 MAX_AGE_PATTERN = re.compile(r"(?:^|[,\s])max-age=\"?(\d{1,10})\"?(?:$|[,\s])", re.IGNORECASE)
@@ -198,7 +199,7 @@ class RemoteKeys:
             max_age = max_age_of(response.headers.get("cache-control", ""))
         try:
             return json.loads(body), max_age
-        except (ValueError, RecursionError):
+        except NOT_JSON_ERRORS:
             raise FetchError("the answer is not JSON") from None
 
 

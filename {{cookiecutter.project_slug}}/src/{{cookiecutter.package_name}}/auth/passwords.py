@@ -15,6 +15,8 @@ MAX_PASSWORD_LENGTH = 1024  # characters; the login form refuses longer input be
 # Each hash takes the configured memory (64 MiB by default): bound how many run at once, so a
 # burst of logins queues instead of exhausting memory and the thread pool.
 MAX_CONCURRENT_HASHES = 4
+# A wrong password, or a stored hash argon2 cannot read: either way, no login.
+MISMATCH_ERRORS = (VerificationError, InvalidHashError)
 
 
 def password_hasher(settings: Settings) -> argon2.PasswordHasher:
@@ -48,5 +50,5 @@ class PasswordChecker:
     def _matches(self, stored_hash: str, password: str) -> bool:
         try:
             return self._hasher.verify(stored_hash, password)
-        except (VerificationError, InvalidHashError):
+        except MISMATCH_ERRORS:
             return False

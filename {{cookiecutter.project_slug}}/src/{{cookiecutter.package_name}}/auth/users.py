@@ -24,6 +24,8 @@ USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 # A scope is an RFC 6749 scope-token: printable ASCII without space, `"` and `\`.
 SCOPE_PATTERN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
 FILE_VERSION = 1
+# Reading the users file failed, or what it holds is not JSON of the expected shape.
+UNREADABLE_ERRORS = (OSError, ValueError)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ class FileUserStore:
         self._seen = seen  # this version is read once, whether or not it parses
         try:
             self._users = self._read()
-        except (OSError, ValueError):
+        except UNREADABLE_ERRORS:
             # Keep serving the last good version; a hand edit gone wrong must not lock out all.
             logger.warning("users file %s is unreadable; keeping the previous users", self.path)
 
