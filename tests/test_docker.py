@@ -461,20 +461,50 @@ def buildkit_client() -> str | None:
     "stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], ids=["HS256"], indirect=True
 )
 def test_dockerfile_builds_with_buildkit_from_local_base_images(stack: Stack) -> None:
-    """No `# syntax=` frontend to fetch: BuildKit builds from the images the engine has."""
+    """No `# syntax=` frontend to fetch: BuildKit builds from the images the engine has. After a
+    code change the dependency layer comes from the cache: only the service is built again."""
     client = buildkit_client()
     if client is None:
         unavailable("no docker client here builds with BuildKit (no buildx, no client < 23)")
-    result = subprocess.run(
-        [client, "build", "--quiet", "--tag", f"{stack.name}-buildkit", "."],
-        cwd=stack.project, env={**stack.env, "DOCKER_BUILDKIT": "1"},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    subprocess.run(
-        ["docker", "rmi", f"{stack.name}-buildkit"], capture_output=True, timeout=60, check=False
-    )
-    print(f"\nBuildKit build with {client}: exit {result.returncode}")
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [client, "build", "--progress=plain", "--tag", f"{stack.name}-buildkit", "."],
+            cwd=stack.project, env={**stack.env, "DOCKER_BUILDKIT": "1"},
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+
+    module = stack.project / "src" / stack.package / "__init__.py"
+    original = module.read_text()
+    try:
+        first = build()
+        print(f"\nBuildKit build with {client}: exit {first.returncode}")
+        assert first.returncode == 0, first.stderr[-3000:]
+        module.write_text(original + "# A code change after the first build.\n")
+        second = build()
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        module.write_text(original)
+        subprocess.run(
+            ["docker", "rmi", f"{stack.name}-buildkit"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    steps = build_steps(second.stderr + second.stdout)
+    dependencies = [cached for step, cached in steps.items() if "--no-install-project" in step]
+    service = [cached for step, cached in steps.items() if "--no-editable" in step]
+    assert dependencies == [True], steps
+    assert service == [False], steps
+
+
+def build_steps(progress: str) -> dict[str, bool]:
+    """The build stage's RUN steps in BuildKit's plain progress output, each with whether it came
+    from the cache (`#7 [build 4/6] RUN ...`, later `#7 CACHED`)."""
+    names = {
+        number: step
+        for number, step in re.findall(r"^#(\d+) \[build +\d+/\d+\] (RUN .*)$", progress, re.M)
+    }
+    cached = set(re.findall(r"^#(\d+) CACHED$", progress, re.M))
+    return {step: number in cached for number, step in names.items()}
 
 
 PROXY_ADDRESS = "172.28.0.2"  # compose.scale.yaml's fixed address for nginx
