@@ -1,7 +1,13 @@
 """A working Docker engine, and the base images a generated project builds on.
 
 Plain functions for the template's tests (the fixtures that need Docker call them): first
-`ensure_engine`, then `ensure_base_images`. Nothing here is a pytest fixture.
+`ensure_engine`, then `ensure_compose_v2` (and `compose_v1`, where the machine has it) and
+`ensure_base_images`. Nothing here is a pytest fixture.
+
+Compose v2 (`docker compose`, the generated README's command) is the docker client's own plugin
+when it has one; otherwise, as root, the plugin binary of Debian trixie's `docker-compose`
+package (Compose v2.26, a static Go binary that runs on bookworm) is fetched once through
+Debian's signed index and put where every docker client looks for plugins.
 
 Where no container registry can be reached, each base image the generated project names
 (`python:3.14-slim`, `redis:7.4-alpine`, `nginx:1.27-alpine`) is replaced by a *stand-in*: an
@@ -54,6 +60,10 @@ PYTHON_SUITES = {"3.11": "bookworm", "3.14": "sid"}
 # and the bases and every stand-in on them are rebuilt.
 BASE_REVISION = 3
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")  # CAs this machine adds, e.g. a proxy's
+# Debian's first release whose docker-compose package is Compose v2, and the plugin in it.
+COMPOSE_V2_SUITE = "trixie"
+COMPOSE_V2_MEMBER = "usr/libexec/docker/cli-plugins/docker-compose"
+SYSTEM_PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")  # searched by every docker client
 LOCK_FILE = Path(tempfile.gettempdir()) / "fastapi-jwt-redis-template-docker.lock"
 
 ENGINE_DEADLINE = 60.0  # seconds for a freshly started dockerd to answer
@@ -131,6 +141,70 @@ def ensure_engine(workdir: Path) -> Engine:
             )
         _install_missing(("dockerd",))
         return _start_engine(workdir)
+
+
+@dataclass(frozen=True)
+class Compose:
+    """One Compose command line and the version it reported."""
+
+    command: tuple[str, ...]
+    version: str  # as `version --short` prints it, without a leading "v": "2.26.1-4", "1.29.2"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def __str__(self) -> str:
+        """`docker compose 2.26.1-4`, `docker-compose 1.29.2`."""
+        return " ".join([Path(self.command[0]).name, *self.command[1:], self.version])
+
+
+def ensure_compose_v2() -> Compose:
+    """`docker compose`, as Compose v2: the docker client's plugin if it has one, else (as root)
+    Debian trixie's plugin installed into `SYSTEM_PLUGIN_DIR`. Raises `DockerUnavailable` when
+    neither is possible."""
+    docker = _require_command("docker")
+    with _machine_lock():
+        found = _compose_version((docker, "compose"))
+        if found is not None and found.major >= 2:
+            return found
+        if os.geteuid() != 0:
+            raise DockerUnavailable(
+                "`docker compose` is not Compose v2 and not root to install Debian "
+                f"{COMPOSE_V2_SUITE}'s docker-compose plugin"
+            )
+        with _as_docker_errors():
+            plugin = roots.debian_file("docker-compose", COMPOSE_V2_SUITE, COMPOSE_V2_MEMBER)
+        SYSTEM_PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+        installed = SYSTEM_PLUGIN_DIR / "docker-compose"
+        shutil.copy(plugin, installed.with_suffix(".partial"))
+        installed.with_suffix(".partial").rename(installed)
+        found = _compose_version((docker, "compose"))
+        if found is None or found.major < 2:
+            raise DockerUnavailable(
+                f"installed Debian {COMPOSE_V2_SUITE}'s Compose plugin as {installed}, but "
+                f"`{docker} compose version` still does not report v2 ({found})"
+            )
+        return found
+
+
+def compose_v1() -> Compose | None:
+    """`docker-compose` when it is Compose v1 (Debian bookworm's package), else None."""
+    legacy = _find_command("docker-compose")
+    if legacy is None:
+        return None
+    found = _compose_version((legacy,))
+    return found if found is not None and found.major == 1 else None
+
+
+def _compose_version(command: tuple[str, ...]) -> Compose | None:
+    probe = _probe([*command, "version", "--short"])
+    if probe is None or probe.returncode != 0:
+        return None
+    version = probe.stdout.strip().removeprefix("v")
+    if not re.match(r"\d+\.", version):
+        return None
+    return Compose(command, version)
 
 
 def ensure_base_images(images: Sequence[str], workdir: Path) -> dict[str, str]:

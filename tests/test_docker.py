@@ -30,7 +30,15 @@ import yaml
 from packaging.utils import canonicalize_name
 
 from .baking import bake, clean_environment
-from .docker_engine import CommandFailed, DockerUnavailable, ensure_base_images, ensure_engine
+from .docker_engine import (
+    CommandFailed,
+    Compose,
+    DockerUnavailable,
+    compose_v1,
+    ensure_base_images,
+    ensure_compose_v2,
+    ensure_engine,
+)
 from .locks import DISTRIBUTIONS_SCRIPT, MARKER_ENVIRONMENT_SCRIPT, exported, installed_set
 
 pytestmark = pytest.mark.docker
@@ -41,22 +49,6 @@ APP_UID = "10001"  # the Dockerfile's user
 ORDINARY_USER = 1000  # the first login account of a typical Linux host
 
 
-def compose_commands() -> list[list[str]]:
-    """Every Compose on this machine: v2 (`docker compose`) and v1 (`docker-compose`)."""
-    found = []
-    docker = shutil.which("docker")
-    if docker is not None:
-        probe = subprocess.run(
-            [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
-        )
-        if probe.returncode == 0:
-            found.append([docker, "compose"])
-    legacy = shutil.which("docker-compose")
-    if legacy is not None:
-        found.append([legacy])
-    return found
-
-
 def unavailable(what: str) -> NoReturn:
     """Something the Docker tests need is missing: a failure on CI, elsewhere a skip saying so."""
     if os.environ.get("CI") == "true":
@@ -65,8 +57,10 @@ def unavailable(what: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """A running engine and a Compose command; stops the engine afterwards if it started it."""
+def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Compose | None]]:
+    """A running engine and the Compose commands: "v2" (`docker compose`, which every scenario
+    runs with) and "v1" (`docker-compose`, for the core scenario, None where the machine has no
+    v1). Stops the engine afterwards if it started it."""
     try:
         engine = ensure_engine(tmp_path_factory.mktemp("docker-engine"))
     except CommandFailed as failure:  # something is there but broken: never a skip
@@ -74,11 +68,15 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     except DockerUnavailable as missing:
         unavailable(f"no Docker engine: {missing}")
     try:
-        commands = compose_commands()
-        if not commands:
-            unavailable("neither `docker compose` (v2) nor `docker-compose` (v1) is on PATH")
-        print(f"\ncompose: {' '.join(commands[0])} (of {[' '.join(c) for c in commands]})")
-        yield commands[0]
+        try:
+            v2 = ensure_compose_v2()
+        except CommandFailed as failure:
+            pytest.fail(f"Compose v2: {failure}", pytrace=False)
+        except DockerUnavailable as missing:
+            unavailable(f"no Compose v2: {missing}")
+        v1 = compose_v1()
+        print(f"\ncompose: {v2}; {v1 or 'no Compose v1'}")
+        yield {"v2": v2, "v1": v1}
     finally:
         engine.stop()
 
@@ -108,12 +106,14 @@ def base_images(project: Path, compose_files: Sequence[str]) -> list[str]:
 class Stack:
     """One compose project of one bake, driven through the Compose command line."""
 
-    def __init__(self, compose: list[str], project: Path, file: str = "compose.yaml") -> None:
+    def __init__(self, compose: Compose, project: Path, file: str = "compose.yaml") -> None:
         self.project = project
         self.file = file
+        self.compose = compose
+        # Lowercase letters and digits: a name both Compose versions accept unchanged.
         self.name = f"tpl{os.getpid()}{project.parent.name[-6:]}".lower().replace("_", "")
         self.app_port, self.redis_port = free_port(), free_port()
-        self.command = [*compose, "--project-name", self.name, "--file", file]
+        self.command = [*compose.command, "--project-name", self.name, "--file", file]
         self.env = clean_environment(
             APP_HOST_PORT=str(self.app_port), REDIS_HOST_PORT=str(self.redis_port)
         )
@@ -250,11 +250,19 @@ def images_used(docker: list[str], tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 def stack(
-    request: pytest.FixtureRequest, docker: list[str], images_used: dict[str, str], tmp_path: Path
+    request: pytest.FixtureRequest,
+    docker: dict[str, Compose | None],
+    images_used: dict[str, str],
+    tmp_path: Path,
 ) -> Iterator[Stack]:
-    """A fresh bake for `request.param` = (answers, compose file), torn down with `down -v`."""
-    answers, file = request.param
-    stack = Stack(docker, bake(tmp_path, **answers), file)
+    """A fresh bake for `request.param` = (answers, compose file[, "v1"]), run with Compose v2
+    (or v1 when named), torn down with `down -v`."""
+    answers, file, *version = request.param
+    compose = docker[version[0] if version else "v2"]
+    if compose is None:
+        unavailable("no Compose v1 (`docker-compose` 1.x) on PATH")
+    stack = Stack(compose, bake(tmp_path, **answers), file)
+    print(f"\n{request.node.name}: {compose} runs {file}")
     try:
         yield stack
     finally:
@@ -288,8 +296,14 @@ def assert_image_holds_exactly_the_lock(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "stack",
-    [({"jwt_algorithm": algorithm}, "compose.yaml") for algorithm in ("HS256", "RS256", "ES256")],
-    ids=["HS256", "RS256", "ES256"],
+    [
+        ({"jwt_algorithm": "HS256"}, "compose.yaml"),
+        ({"jwt_algorithm": "RS256"}, "compose.yaml"),
+        ({"jwt_algorithm": "ES256"}, "compose.yaml"),
+        # The README names `docker-compose` beside `docker compose`: the core scenario, on v1.
+        ({"jwt_algorithm": "HS256"}, "compose.yaml", "v1"),
+    ],
+    ids=["HS256", "RS256", "ES256", "HS256-compose-v1"],
     indirect=True,
 )
 def test_compose_up_serves_logged_in_requests(stack: Stack) -> None:
@@ -585,3 +599,34 @@ def test_scaled_replicas_behind_the_proxy(stack: Stack) -> None:
     # X-Forwarded-For; not the proxy itself, and not what the client wrote in that header.
     # Straight to a replica, the client is its peer (127.0.0.1), whatever the header says.
     assert believed == sorted([edge["Gateway"], "127.0.0.1"])
+
+
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.scale.yaml"])
+@pytest.mark.parametrize("algorithm", ["HS256", "RS256", "ES256"])
+def test_compose_v2_accepts_each_compose_file_and_refuses_what_it_does_not_know(
+    docker: dict[str, Compose | None], tmp_path: Path, algorithm: str, file: str
+) -> None:
+    """`docker compose config` (v2's own validation, stricter than v1's in places) accepts every
+    bake's compose files as generated, and refuses the same file with a `depends_on` condition
+    misspelt: the check that would catch a file only v1 tolerates."""
+    compose = docker["v2"]
+    assert compose is not None
+    project = bake(tmp_path, jwt_algorithm=algorithm)
+    environment = clean_environment()
+
+    def config(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*compose.command, "--project-name", "tplconfig", "--file", name, "config", "--quiet"],
+            cwd=project, env=environment, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    accepted = config(file)
+    assert accepted.returncode == 0, accepted.stderr
+    text = (project / file).read_text()
+    assert "condition: service_healthy" in text
+    (project / "misspelt.yaml").write_text(
+        text.replace("condition: service_healthy", "condition: service_healty")
+    )
+    refused = config("misspelt.yaml")
+    assert refused.returncode != 0
+    assert "service_healty" in refused.stderr, refused.stderr

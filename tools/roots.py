@@ -378,43 +378,52 @@ def follow_host_apt_settings(rootfs: Path) -> None:
 def ubuntu_keyring() -> Path:
     """Ubuntu's archive keyring, taken from Debian's own `ubuntu-keyring` package (in sid).
 
-    Bookworm does not package it. apt fetches the package through Debian's signed sid index,
-    checked against this machine's Debian keys, so Ubuntu's archive is verified without trusting
-    keys downloaded over plain HTTP. Kept in CACHE_DIR once fetched.
+    Bookworm does not package it. Fetched through Debian's signed sid index (`debian_file`), so
+    Ubuntu's archive is verified without trusting keys downloaded over plain HTTP.
     """
-    keyring = CACHE_DIR / "ubuntu-archive-keyring.gpg"
-    if keyring.is_file():
-        return keyring
+    return debian_file("ubuntu-keyring", "sid", "usr/share/keyrings/ubuntu-archive-keyring.gpg")
+
+
+def debian_file(package: str, suite: str, member: str) -> Path:
+    """One file of a Debian package from `suite`, kept in CACHE_DIR (by its base name) once fetched.
+
+    apt downloads the package with a private sources list, package lists and cache, through the
+    suite's signed index, checked against this machine's Debian keys; nothing is installed and
+    the machine's own apt state is untouched. The file keeps its permission bits.
+    """
+    kept = CACHE_DIR / Path(member).name
+    if kept.is_file():
+        return kept
     apt_get = _host_command("apt-get")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ubuntu-keyring-", dir=CACHE_DIR) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"{package}-", dir=CACHE_DIR) as scratch:
         work = Path(scratch)
         for directory in ("lists/partial", "cache/archives/partial", "deb"):
             (work / directory).mkdir(parents=True)
         sources = work / "sources.list"
-        sources.write_text(f"deb [signed-by={DEBIAN_KEYRING}] {debian_mirror()} sid main\n")
+        sources.write_text(f"deb [signed-by={DEBIAN_KEYRING}] {debian_mirror()} {suite} main\n")
         private = [
             *("-o", f"Dir::Etc::sourcelist={sources}", "-o", "Dir::Etc::sourceparts=-"),
             *("-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}"),
         ]
-        step = "fetching Debian's ubuntu-keyring package"
+        step = f"fetching Debian {suite}'s {package} package"
         _run([apt_get, *private, "update", "-q"], step=step, timeout=APT_TIMEOUT)
         _run(
-            [apt_get, *private, "download", "ubuntu-keyring"],
+            [apt_get, *private, "download", package],
             step=step,
             timeout=APT_TIMEOUT,
             cwd=work / "deb",
         )
-        (package,) = (work / "deb").glob("ubuntu-keyring_*.deb")
+        (downloaded,) = (work / "deb").glob(f"{package}_*.deb")
         _run(
-            [_host_command("dpkg-deb"), "-x", str(package), str(work / "x")],
+            [_host_command("dpkg-deb"), "-x", str(downloaded), str(work / "x")],
             step=step,
             timeout=APT_TIMEOUT,
         )
-        partial = keyring.with_suffix(".partial")
-        shutil.copyfile(work / "x/usr/share/keyrings/ubuntu-archive-keyring.gpg", partial)
-        partial.rename(keyring)
-    return keyring
+        partial = kept.with_suffix(".partial")
+        shutil.copy(work / "x" / member, partial)
+        partial.rename(kept)
+    return kept
 
 
 def debian_mirror() -> str:
