@@ -38,7 +38,7 @@ from .test_processes import (
     wait_until_ready,
 )
 
-STOP_SECONDS = 15
+STOP_SECONDS = 60  # a ceiling: two workers may still be starting when SIGTERM comes
 # `<time> <LEVEL> <logger>: <message>`, e.g. "2025-01-31 12:00:00,123 WARNING uvicorn.error: ..."
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+): ")
 LOAD_THREADS = 16
@@ -60,7 +60,7 @@ class Output:
 
     def __init__(self, service: Service) -> None:
         assert service.process.stdout is not None
-        self._process = service.process
+        self._service = service
         self._stream = service.process.stdout
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read)
@@ -78,9 +78,7 @@ class Output:
 
     def close(self) -> None:
         """Kill the service if it still runs, then read its output to the end."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
+        self._service.kill()
         self._reader.join()
         self._stream.close()
 

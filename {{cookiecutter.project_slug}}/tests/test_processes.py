@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,15 @@ IN_FLIGHT = 24
 class Service:
     process: subprocess.Popen[str]
     url: str
+
+    def kill(self) -> None:
+        """SIGKILL to `serve` and every process it started (its workers): a worker left behind
+        would hold the output pipe open, and reading it to the end would never return."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: start_service
+        self.process.wait()
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers that outlived it
 
     def get(self, path: str, token: str) -> httpx.Response:
         return httpx.get(self.url + path, headers=bearer(token), timeout=10)
@@ -77,6 +86,7 @@ def start_service(
         stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a process group of its own, for `Service.kill`
     )
     return Service(process, f"http://127.0.0.1:{port}")
 
@@ -85,16 +95,15 @@ def wait_until_ready(service: Service) -> None:
     try:
         response = wait_for(f"{service.url}/health/ready", service.process)
     except AssertionError:
-        kill(service)
+        service.kill()
         output = service.process.stdout.read() if service.process.stdout else ""
         raise AssertionError(f"the service did not start:\n{output}") from None
     assert response.status_code == 200, response.text
 
 
 def kill(service: Service) -> None:
-    if service.process.poll() is None:
-        service.process.kill()
-        service.process.communicate()
+    service.kill()
+    service.process.communicate()
 
 
 @contextmanager
@@ -337,3 +346,44 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(
     assert service.process.returncode == 0, output_text
     assert "Traceback" not in output_text
     assert "Application shutdown complete" in output_text  # the lifespan closed the Redis pool
+
+
+# --- workers slow to start -----------------------------------------------------------------
+
+SLOW_START_SECONDS = 7  # longer than uvicorn's own 5 s worker healthcheck, shorter than ours
+READY_WITHIN_SECONDS = 60  # a ceiling for the wait, not a measure of anything
+
+
+def test_workers_slower_to_start_than_uvicorns_own_healthcheck_are_kept(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """`serve --workers 2` whose workers each take 7 s before they can answer the parent's
+    healthcheck (a CPU-starved container): they are kept and serve; none is replaced. With
+    uvicorn's 5 s the parent replaces each one before it answers, for ever."""
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "if '--multiprocessing-fork' in sys.argv:  # a worker uvicorn spawned\n"
+        f"    time.sleep({SLOW_START_SECONDS})\n"
+    )
+    environment = service_environment(redis_url, key_files)
+    python_path = [str(slow), str(Path({{ cookiecutter.package_name }}.__file__).parents[1])]
+    environment["PYTHONPATH"] = os.pathsep.join(python_path)
+    service = start_service(environment, tmp_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + READY_WITHIN_SECONDS
+        while True:
+            assert service.process.poll() is None, "serve exited"
+            with suppress(httpx.TransportError):
+                if httpx.get(f"{service.url}/health/ready", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"no worker ready in {READY_WITHIN_SECONDS} s"
+            time.sleep(0.5)
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=READY_WITHIN_SECONDS)
+    finally:
+        service.kill()
+    output, _ = service.process.communicate()
+    assert service.process.returncode == 0, output
+    assert "died" not in output, output

@@ -54,9 +54,7 @@ def json_service(
         wait_until_ready(service)
         yield service, log
     finally:
-        if service.process.poll() is None:
-            service.process.kill()
-            service.process.wait()
+        service.kill()
         delete_keys(redis_url, settings.redis_key_prefix)
 
 

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .server import EdgeLimits
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# With --workers, uvicorn's parent pings each worker and replaces one that has not answered in
+# this long. Its own 5 s also counts a worker's start: a CPU-starved container whose workers
+# take longer than that to start replaces them for ever and never serves.
+WORKER_HEALTHCHECK_SECONDS = 30
 # How long an idle connection is kept open. It also bounds what a client that vanished without
 # a FIN costs (a reset after its request leaves the connection here until then): 5 s is short
 # enough that such connections do not pile up, and longer than the 4 s after which nginx
@@ -151,6 +155,7 @@ def run_uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         proxy_headers=False,  # the app decides whom to believe (APP_TRUSTED_PROXIES)
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_config=log_config(settings.logs_as),  # one format for every line
         access_log=False,  # the app writes request lines itself, with their request ids
