@@ -629,4 +629,4 @@ def test_compose_v2_accepts_each_compose_file_and_refuses_what_it_does_not_know(
     )
     refused = config("misspelt.yaml")
     assert refused.returncode != 0
-    assert "service_healty" in refused.stderr, refused.stderr
+    assert "depends_on.redis.condition" in refused.stderr, refused.stderr  # names the field
