@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -494,7 +495,8 @@ def test_dockerfile_builds_with_buildkit_from_local_base_images(stack: Stack) ->
         first = build()
         print(f"\nBuildKit build with {client}: exit {first.returncode}")
         assert first.returncode == 0, first.stderr[-3000:]
-        module.write_text(original + "# A code change after the first build.\n")
+        # A change no earlier run made: BuildKit's cache outlives the run.
+        module.write_text(original + f"# A code change, {secrets.token_hex(8)}.\n")
         second = build()
         assert second.returncode == 0, second.stderr[-3000:]
     finally:
