@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,8 @@ from .middleware import RequestLog
 from .outage import RedisOutage
 from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, users: UserStore | None = None) -> FastAPI:
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         app.state.limiter = Limiter(per_request or redis, settings, outage)
         app.state.items = items.ItemStore(redis, settings)  # the example router's data
         if remote_keys is not None:
+            logger.info(app.state.token_verifier.describe())  # which tokens it takes, once
             await remote_keys.start()  # not ready until the issuer's keys are here
         try:
             yield

@@ -7,6 +7,7 @@ and hand the result to `create_app`.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -26,6 +27,10 @@ PLACEHOLDERS = ("change-me", "changeme", "placeholder")
 # What else makes a production secret look hand-written rather than random.
 WEAK_MARKERS = ("secret", "example")
 URL_PATTERN = r"^https?://[^\s]+$"
+# A media type as a `typ` header writes it (RFC 6838's restricted names, with or without a
+# type), and a JSON claim name as tokens use them.
+MEDIA_TYPE = re.compile(r"(?:[A-Za-z0-9][\w!#$&^.+-]{0,126}/)?[A-Za-z0-9][\w!#$&^.+-]{0,126}")
+CLAIM_NAME = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -59,6 +64,12 @@ class Settings(BaseSettings):
     jwt_jwks_timeout_seconds: float = Field(default=5, gt=0, le=60)  # connect, and each read
     # Remote mode: each token names a session (`sid`) in the shared Redis that must be alive.
     jwt_require_session: bool = True
+    # Remote mode: the `typ` values that mark an access token (compared as RFC 7515 says: no
+    # case, `application/` optional), whether a token without `typ` is one, and the claims that
+    # hold scopes (see auth/remote.py).
+    jwt_accepted_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt", "jwt")
+    jwt_allow_missing_typ: bool = False
+    jwt_scope_claims: Annotated[tuple[str, ...], NoDecode] = ("scope", "scp")
 
     session_idle_ttl_seconds: int = Field(default=1800, gt=0)
     session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
@@ -125,6 +136,36 @@ class Settings(BaseSettings):
         """Comma-separated; a secret from `secrets.token_urlsafe` never holds a comma."""
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("jwt_accepted_types", "jwt_scope_claims", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        """Comma-separated, as `at+jwt, jwt`."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("jwt_accepted_types")
+    @classmethod
+    def _check_media_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for typ in value:
+            if not MEDIA_TYPE.fullmatch(typ):
+                raise ValueError(
+                    f"{typ[:80]!r} is not a media type; use names such as at+jwt, "
+                    "application/at+jwt or jwt, comma-separated"
+                )
+        return value
+
+    @field_validator("jwt_scope_claims")
+    @classmethod
+    def _check_claim_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not CLAIM_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name[:80]!r} is not a claim name; use names such as scope or scp, "
+                    "comma-separated"
+                )
         return value
 
     @field_validator("trusted_proxies", mode="before")

@@ -18,7 +18,7 @@ from .. import errors, metrics
 from ..limits import check_policy_name, enforce
 from ..ratelimit import DEFAULT_POLICY, Rate
 from .remote import verify_with_fresh_keys
-from .tokens import MAX_TOKEN_BYTES, Principal, UnknownKey
+from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 AUTHORIZATION = b"authorization"  # ASGI header names are lower-case bytes
@@ -84,7 +84,7 @@ class Authenticated(OAuth2PasswordBearer):
         if isinstance(principal, UnknownKey):
             principal = await verify_with_fresh_keys(state.token_verifier, token)
         if not isinstance(principal, Principal):
-            metrics.auth_rejected("invalid")
+            metrics.auth_rejected(principal.reason if isinstance(principal, Refused) else "invalid")
             raise errors.invalid_token()
         rate = self._rate or state.settings.rate_limit
         if state.settings.checks_sessions:
