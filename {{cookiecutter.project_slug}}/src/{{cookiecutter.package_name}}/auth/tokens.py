@@ -1,10 +1,13 @@
 """Access tokens: signed JWTs with the fewest claims that do the job, and their verification.
 
-A token carries exactly `iss aud sub sid jti iat exp scope` and the header `typ: at+jwt`
-(RFC 9068) and `kid`. Verification follows RFC 8725: one algorithm from configuration, the key
-picked by `kid` from the service's own key set only (never from `jwk`/`jku`/`x5u`), `iss`/`aud`/
-`exp`/`iat` required, explicit typing, no critical header extensions, and every failure reported
-the same way.
+A token carries exactly `iss aud sub sid jti iat exp scope client_id` and the header
+`typ: at+jwt` (RFC 9068) and `kid`. `client_id` (RFC 9068, section 2.2) is the client the token
+was issued to: `APP_PUBLIC_CLIENT_ID` for a user's token (the password and refresh grants), the
+service account itself for the client credentials grant.
+
+Verification follows RFC 8725: one algorithm from configuration, the key picked by `kid` from the
+service's own key set only (never from `jwk`/`jku`/`x5u`), `iss`/`aud`/`exp`/`iat` required,
+explicit typing, no critical header extensions, and every failure reported the same way.
 """
 
 from __future__ import annotations
@@ -130,8 +133,17 @@ class TokenIssuer:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl_seconds = settings.access_token_ttl_seconds
+        self._public_client = settings.public_client_id
 
-    def issue(self, sub: str, sid: str, scopes: Iterable[str]) -> AccessToken:
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl_seconds
+
+    def issue(
+        self, sub: str, sid: str, scopes: Iterable[str], client_id: str | None = None
+    ) -> AccessToken:
+        """A token for session `sid` of `sub`, issued to `client_id` (by default the public
+        client, whose tokens are users')."""
         now = int(time.time())
         claims = {
             "iss": self._issuer,
@@ -142,6 +154,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self._ttl_seconds,
             "scope": " ".join(sorted(scopes)),
+            "client_id": client_id or self._public_client,
         }
         token = jwt.encode(claims, self._key, algorithm=self._algorithm, headers=self._headers)
         return AccessToken(token=token, expires_in=self._ttl_seconds)
