@@ -22,6 +22,9 @@ from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 AUTHORIZATION = b"authorization"  # ASGI header names are lower-case bytes
+# The attribute on a `require_scopes` dependency that names its scopes, so the issuer's metadata
+# can list the scopes its routes check (`api/metadata.py`).
+REQUIRED_SCOPES = "required_scopes"
 
 UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
 
@@ -141,4 +144,5 @@ def require_scopes(
             raise errors.insufficient_scope(needed)
         return principal
 
+    setattr(principal_with_scopes, REQUIRED_SCOPES, needed)
     return principal_with_scopes
