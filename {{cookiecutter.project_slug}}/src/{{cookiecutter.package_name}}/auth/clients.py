@@ -15,13 +15,13 @@ grant refuses a client whose name a user also has (a hand edit).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .records import RecordFile
+from .records import NameTakenError, RecordFile
 from .users import SCOPE_PATTERN, USERNAME_PATTERN
 
 # Client names have the shape of user names (they are subjects, and parts of Redis keys).
@@ -70,10 +70,14 @@ class FileClientStore:
     async def get(self, name: str) -> Client | None:
         return self._file.current(name)
 
-    def add(self, client: Client) -> bool:
-        """Add `client`; False, and the file untouched, when the name is taken."""
+    def add(self, client: Client, reserved: Callable[[], Container[str]] = frozenset) -> bool:
+        """Add `client`; False, and the file untouched, when a client has the name. `reserved`
+        (the users' names) is read under the file's lock and a name in it raises `NameTakenError`:
+        with the default files in one directory, no user of that name can appear meanwhile."""
         with self._file.locked():
             clients = self._file.read_all()
+            if client.name in reserved():
+                raise NameTakenError(client.name)
             if client.name in clients:
                 return False
             clients[client.name] = client

@@ -87,7 +87,7 @@ async def token(
     password: Annotated[str | None, Form(max_length=MAX_PASSWORD_LENGTH)] = None,
     refresh_token: Annotated[str | None, Form(max_length=MAX_TOKEN_BYTES)] = None,
     client_id: Annotated[str | None, Form(max_length=MAX_CLIENT_ID_INPUT)] = None,
-    client_secret: Annotated[str | None, Form(max_length=MAX_SECRET_INPUT)] = None,
+    client_secret: Annotated[str | None, Form(max_length=MAX_PASSWORD_LENGTH)] = None,
     scope: Annotated[str | None, Form(max_length=MAX_SCOPE_INPUT)] = None,
 ) -> TokenPair | ClientToken:
     """The token endpoint: `grant_type` `password` (the default), `refresh_token` or

@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+class NameTakenError(Exception):
+    """A name that another kind of record holds (users and clients share the names of token
+    subjects): the write was refused and the file left as it was."""
+
+
 class RecordFile(Generic[R]):
     """Records of one kind (`kind` names the file's top-level object: "users", "clients"),
     turned from and into JSON by `parse` (ValueError for a wrong shape) and `dump`."""

@@ -8,13 +8,13 @@ commands write; a running service notices the change at the next login, without 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .records import RecordFile
+from .records import NameTakenError, RecordFile
 
 # User names become Redis Cluster hash tags (`{name}`) and token subjects: no braces, no spaces.
 # Service accounts' names are subjects too, of the same shape, in the same name space (clients.py).
@@ -60,10 +60,13 @@ class FileUserStore:
         # A stat and, rarely, a small read: cheap enough to do on the event loop.
         return self._file.current(name)
 
-    def put(self, user: User) -> bool:
+    def put(self, user: User, reserved: Callable[[], Container[str]] = frozenset) -> bool:
         """Add `user`, or replace the password and scopes of a user of that name, who stays
-        disabled if they were; True when the name was new."""
+        disabled if they were; True when the name was new. A name in `reserved` (the service
+        accounts' names, read under the file's lock) raises `NameTakenError`."""
         with self._file.locked():
+            if user.name in reserved():
+                raise NameTakenError(user.name)
             users = self._file.read_all()
             existing = users.get(user.name)
             if existing is not None:
