@@ -86,6 +86,8 @@ def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) 
         "login_rate_limit": UNREACHABLE_RATE,
     }
     values.update(overrides)
+    if "users_file" in values and "clients_file" not in values:  # service accounts beside users
+        values["clients_file"] = Path(values["users_file"]).parent / "clients.json"
     return Settings(_env_file=None, **values)
 
 

@@ -134,6 +134,7 @@ def environment_for(
         PYTHONPATH=python_path,
         APP_REDIS_KEY_PREFIX=settings.redis_key_prefix,
         APP_USERS_FILE=str(settings.users_file),
+        APP_CLIENTS_FILE=str(settings.clients_file),
         APP_RATE_LIMIT=str(settings.rate_limit),
         APP_LOGIN_RATE_LIMIT=str(settings.login_rate_limit),
         APP_REDIS_TIMEOUT_SECONDS=str(settings.redis_timeout_seconds),
