@@ -28,13 +28,14 @@ The bytes are made once, at startup, like the JWKS; there is nothing to rate-lim
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.routing import BaseRoute
 
 from ..auth.dependencies import REQUIRED_SCOPES
 from ..settings import Settings
@@ -80,14 +81,23 @@ def metadata_document(settings: Settings, app: FastAPI, publishes_keys: bool) ->
 
 def route_scopes(app: FastAPI) -> Iterator[str]:
     """Every scope a `require_scopes` dependency of the app's routes checks."""
-    for route in app.router.routes:
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes(app.router.routes):
         pending = [route.dependant]
         while pending:
             dependant = pending.pop()
             yield from getattr(dependant.call, REQUIRED_SCOPES, ())
             pending.extend(dependant.dependencies)
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """The app's API routes, also those of included routers: recent FastAPI versions keep an
+    included router whole (with `original_router`) instead of copying its routes in."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from api_routes(nested.routes)
 
 
 def metadata_paths(issuer: str) -> list[str]:
