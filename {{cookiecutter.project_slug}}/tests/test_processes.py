@@ -63,12 +63,16 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def start_service(
-    environment: dict[str, str], cwd: Path, *options: str, output: IO[str] | None = None
+    environment: dict[str, str],
+    cwd: Path,
+    *options: str,
+    output: IO[str] | None = None,
+    port: int | None = None,
 ) -> Service:
-    """`serve` on a free port, with `options` (e.g. "--workers", "2"). Its output goes to
-    `output`, or to a pipe read at the end: a test making many requests must pass a file, or
-    the access log fills the pipe and the service stops."""
-    port = free_port()
+    """`serve` on `port` (else a free one), with `options` (e.g. "--workers", "2"). Its output
+    goes to `output`, or to a pipe read at the end: a test making many requests must pass a
+    file, or the access log fills the pipe and the service stops."""
+    port = port or free_port()
     command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)]
     process = subprocess.Popen(
         [*command, *options],
