@@ -1,7 +1,7 @@
 """Memory stays bounded under repeated auth, in this process and in Redis.
 
 The process side drives the real app (in-process ASGI, real Redis) through six rounds of about
-300 requests (some 1,300 distinct tokens in all): valid tokens, validly signed ones whose
+350 requests (some 1,300 distinct tokens in all): valid tokens, validly signed ones whose
 session is gone, forged ones and malformed ones, with logins, refreshes and logouts over HTTP,
 the client credentials grant (both methods, a wrong secret, a client id never seen before, a
 scope too wide) and requests for unknown paths; every request is logged as JSON and counted in
