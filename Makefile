@@ -1,12 +1,12 @@
 # The template's own commands. `make test` is the one command that checks everything:
-# it makes a virtualenv, installs what the tests need (redis-server, docker-compose and chromium,
+# it makes a virtualenv, installs what the tests need (redis-server, docker-compose, curl and chromium,
 # for tests/test_browser.py, with apt when missing and running as root), bakes the template and
 # runs the generated projects' suites.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SYSTEM_TOOLS := redis-server docker-compose openssl chromium
-APT_PACKAGES := redis-server docker-compose openssl chromium
+SYSTEM_TOOLS := redis-server docker-compose openssl chromium curl
+APT_PACKAGES := redis-server docker-compose openssl chromium curl
 
 .PHONY: test system-tools venv bake clean lint lock upgrade
 
@@ -20,7 +20,7 @@ system-tools:
 	    echo "installing with apt:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	  else \
-	    echo "error: missing$$missing; install them (apt-get install $(APT_PACKAGES), or brew install redis docker-compose && brew install --cask chromium)" >&2; \
+	    echo "error: missing$$missing; install them (apt-get install $(APT_PACKAGES), or brew install redis docker-compose curl && brew install --cask chromium)" >&2; \
 	    exit 1; \
 	  fi; \
 	fi

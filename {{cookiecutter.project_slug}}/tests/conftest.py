@@ -24,6 +24,11 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from .keys import write_key_pair
 from .redis_server import NO_REDIS, RedisServer
 
+# Fixtures of their own modules, available to every test module that asks for them by name:
+# a remote issuer's keys, key server and settings (`algorithm`, `issuer_key`, `third_key`,
+# `key_server`, `remote_settings`).
+pytest_plugins = ["tests.remote_issuer"]
+
 # Generous: on a busy machine a Redis reply can take longer than the service's 0.5 s default,
 # and an ordinary test is no timing test. The tests about timeouts set a short one themselves.
 TEST_REDIS_TIMEOUT_SECONDS = 5.0
@@ -81,6 +86,8 @@ def make_settings(redis_url: str, key_files: dict[str, Path], **overrides: Any) 
         "login_rate_limit": UNREACHABLE_RATE,
     }
     values.update(overrides)
+    if "users_file" in values and "clients_file" not in values:  # service accounts beside users
+        values["clients_file"] = Path(values["users_file"]).parent / "clients.json"
     return Settings(_env_file=None, **values)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from {{ cookiecutter.package_name }}.auth.clients import Client, FileClientStore, new_secret
 from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
 from {{ cookiecutter.package_name }}.auth.users import FileUserStore, User
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -29,6 +30,27 @@ def add_user(
     password_hash = password_hasher(settings).hash(password)
     user = User(name=name, password_hash=password_hash, scopes=frozenset(scopes))
     FileUserStore(settings.users_file).put(user)
+
+
+def add_client(settings: Settings, name: str, scopes: Iterable[str] = ()) -> str:
+    """Write a service account into the settings' clients file, as `create-client` does; return
+    its secret."""
+    secret = new_secret()
+    secret_hash = password_hasher(settings).hash(secret)
+    client = Client(name=name, secret_hash=secret_hash, scopes=frozenset(scopes))
+    assert FileClientStore(settings.clients_file).add(client), name
+    return secret
+
+
+async def client_token(
+    client: httpx.AsyncClient, name: str, secret: str, **form: str
+) -> dict[str, Any]:
+    """The client credentials grant through the API (`client_secret_post`); the answer."""
+    data = {"grant_type": "client_credentials", "client_id": name, "client_secret": secret, **form}
+    response = await client.post("/auth/token", data=data)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 async def login(client: httpx.AsyncClient, name: str, password: str = PASSWORD) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """A small real HTTP server playing a token issuer's key endpoints, for the remote-mode tests.
 
-It serves a JWK Set at `/jwks.json` and an OpenID discovery document at
-`/.well-known/openid-configuration`, counts the requests for each, and can misbehave on
-demand: answer garbage, answer too much, answer slowly, or be down (not listening at all).
-It runs in a thread of the test process; no HTTP client is mocked.
+It serves a JWK Set at `/jwks.json` and a discovery document (at
+`/.well-known/openid-configuration`, or where `discovery_path` says), counts the requests for
+each, and can misbehave on demand: answer garbage, answer too much, answer slowly, or be down
+(not listening at all). It runs in a thread of the test process; no HTTP client is mocked.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class KeyServer:
         self.cache_control = "max-age=300"
         self.delay_seconds = 0.0
         self.issuer = self.base_url  # what the discovery document says
+        # Where it is served: an OpenID Provider's place, or an RFC 8414 one (e.g.
+        # /.well-known/oauth-authorization-server/tenant for the issuer <base>/tenant).
+        self.discovery_path = DISCOVERY_PATH
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -67,7 +70,7 @@ class KeyServer:
                     body = server.body
                     if body is None:
                         body = json.dumps({"keys": server.keys}).encode()
-                elif self.path == DISCOVERY_PATH:
+                elif self.path == server.discovery_path:
                     document = {"issuer": server.issuer, "jwks_uri": server.jwks_url}
                     body = json.dumps(document).encode()
                 else:

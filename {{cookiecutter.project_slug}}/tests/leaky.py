@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.auth.remote import RemoteTokenVerifier
-from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
+from {{ cookiecutter.package_name }}.auth.tokens import Principal, Refused, UnknownKey
 from {{ cookiecutter.package_name }}.logs import REQUEST_ID, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -84,7 +84,7 @@ class RememberUnknownKids(RemoteTokenVerifier):
     """Remembers every `kid` it could not find, to skip the lookup next time. This is the bug:
     the kids are chosen by whoever sends a token, so the dict grows with what attackers send."""
 
-    def verify(self, token: str) -> Principal | UnknownKey | None:
+    def verify(self, token: str) -> Principal | UnknownKey | Refused | None:
         result = super().verify(token)
         if isinstance(result, UnknownKey):
             UNKNOWN_KIDS[result.kid] = time.monotonic()

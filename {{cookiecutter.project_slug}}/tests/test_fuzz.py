@@ -124,22 +124,39 @@ async def test_arbitrary_headers_never_cause_a_server_error(
     assert_no_server_error(response, allowed | {503})
 
 
+TOKEN_PARAMETERS = [
+    "username",
+    "password",
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "x",
+]
+# What RFC 6749 (section 5.2) lets the token endpoint answer with a 400.
+TOKEN_ERRORS = {"invalid_request", "invalid_grant", "invalid_scope", "unsupported_grant_type"}
+
+
 @FUZZ
 @given(
     form=st.dictionaries(
-        st.sampled_from(["username", "password", "grant_type", "scope", "client_id", "x"])
-        | st.text(max_size=10),
-        st.text(max_size=300),
+        st.sampled_from(TOKEN_PARAMETERS) | st.text(max_size=10),
+        st.sampled_from(["password", "refresh_token", "client_credentials"])
+        | st.text(max_size=300),
         max_size=5,
     ),
     forwarded_for=st.none() | st.text(HEADER_TEXT, max_size=100),
 )
-async def test_any_login_form_is_401_or_422(
+async def test_any_token_form_is_400_401_or_422(
     client: httpx.AsyncClient, form: dict[str, str], forwarded_for: str | None
 ) -> None:
+    """Any form, for any grant: a refusal, and a 400 is one of RFC 6749's errors."""
     headers = {} if forwarded_for is None else {b"X-Forwarded-For": latin1(forwarded_for)}
     response = await client.post("/auth/token", data=form, headers=headers)
-    assert_no_server_error(response, {401, 422, 429, 503})
+    assert_no_server_error(response, {400, 401, 422, 429, 503})
+    if response.status_code == 400:
+        assert response.json()["error"] in TOKEN_ERRORS, response.text
 
 
 @FUZZ

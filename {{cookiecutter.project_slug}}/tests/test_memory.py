@@ -1,9 +1,11 @@
 """Memory stays bounded under repeated auth, in this process and in Redis.
 
 The process side drives the real app (in-process ASGI, real Redis) through six rounds of about
-300 requests (some 1,300 distinct tokens in all): valid tokens, validly signed ones whose
+350 requests (some 1,300 distinct tokens in all): valid tokens, validly signed ones whose
 session is gone, forged ones and malformed ones, with logins, refreshes and logouts over HTTP,
-and requests for unknown paths; every request is logged as JSON and counted in the metrics.
+the client credentials grant (both methods, a wrong secret, a client id never seen before, a
+scope too wide) and requests for unknown paths; every request is logged as JSON and counted in
+the metrics.
 It requires traced memory to stay flat from round to round (see `memory.py`); rounds are kept
 small because tracing makes every allocation several times slower. Canaries run the same
 workload and the same rule with one leak each and require the rule to fail there: the tutorial
@@ -39,7 +41,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
-from .helpers import add_user, bearer, login
+from .helpers import add_client, add_user, bearer, client_token, login
 from .issuers import (
     SigningKey,
     bad_signature_tokens,
@@ -61,8 +63,9 @@ from .memory import Rounds, assert_bounded, measure
 
 pytestmark = pytest.mark.anyio
 
-SUBJECTS_PER_ROUND = 50  # 5 or 6 requests each, plus 11 HTTP auth requests per login user
+SUBJECTS_PER_ROUND = 50  # 5 or 6 requests each, plus 11 per login user and 16 for a client
 UNKNOWN_PATHS_PER_ROUND = 20  # 404s, each for a path never seen before
+UNKNOWN_CLIENTS_PER_ROUND = 10  # client credentials for client ids never seen before
 LOGIN_USERS = ("mem-login-0", "mem-login-1", "mem-login-2")
 SCOPES = frozenset({"read"})
 # How far traced memory may grow over the measured rounds (without their largest step, see
@@ -160,13 +163,17 @@ class AuthWorkload:
     Requests for fresh unknown paths go through the request line and the metrics like any other.
     Sessions and tokens for them are made directly (`sessions.create`, `token_issuer.issue`):
     a password check per subject would only slow the test down. Login, refresh and logout go
-    through HTTP for a few real users. Every answer's status is checked, so a workload that
-    stopped reaching the code it is meant to exercise fails loudly.
+    through HTTP for a few real users, and one service account gets tokens by the client
+    credentials grant. Every answer's status is checked, so a workload that stopped reaching
+    the code it is meant to exercise fails loudly.
     """
 
     def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         self.app = app
         self.client = client
+        # Made here, before any round: a name of its own, as a test may make two workloads.
+        self.service_account = f"mem-client-{secrets.token_hex(4)}"
+        self.secret = add_client(app.state.settings, self.service_account, scopes=SCOPES)
 
     async def __call__(self, number: int) -> int:
         requests = 0
@@ -174,6 +181,7 @@ class AuthWorkload:
             requests += await self.subject(f"mem-{number}-{index}", index)
         for user in LOGIN_USERS:
             requests += await self.http_flows(user)
+        requests += await self.client_flows()
         for _ in range(UNKNOWN_PATHS_PER_ROUND):
             response = await self.client.get(f"{UNKNOWN_PATH_PREFIX}{secrets.token_hex(8)}")
             assert response.status_code == 404, response.text
@@ -217,6 +225,30 @@ class AuthWorkload:
         kept = await login(self.client, user)  # stays alive; the per-user cap bounds these
         await self.get_me(kept["access_token"], 200)
         return 11
+
+    async def client_flows(self) -> int:
+        """A token by each client authentication method, each used once, a wrong secret, a
+        scope the client does not hold, and client ids never seen before (their text is the
+        caller's, so nothing may be kept by it). Each token's session lives as long as the
+        token; the per-client cap (`APP_MAX_TOKENS_PER_CLIENT`) bounds them in Redis."""
+        name = self.service_account
+        by_post = await client_token(self.client, name, self.secret)
+        await self.get_me(by_post["access_token"], 200)
+        form = {"grant_type": "client_credentials", "scope": "read"}
+        by_basic = await self.client.post("/auth/token", data=form, auth=(name, self.secret))
+        assert by_basic.status_code == 200, by_basic.text
+        await self.get_me(by_basic.json()["access_token"], 200)
+        too_wide = {**form, "scope": "read admin"}
+        refused = await self.client.post("/auth/token", data=too_wide, auth=(name, self.secret))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "invalid_scope"
+        for number in range(1 + UNKNOWN_CLIENTS_PER_ROUND):  # a wrong secret, then strangers
+            client_id = name if number == 0 else f"mem-nobody-{secrets.token_hex(4)}"
+            secret = self.secret[::-1] if number == 0 else self.secret
+            refused = await self.client.post("/auth/token", data=form, auth=(client_id, secret))
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"] == "invalid_client"
+        return 6 + UNKNOWN_CLIENTS_PER_ROUND
 
     async def refresh(self, refresh_token: str, status: int) -> dict[str, Any]:
         response = await self.client.post("/auth/refresh", json={"refresh_token": refresh_token})
@@ -421,7 +453,7 @@ async def test_every_key_has_a_ttl_after_the_workload(
             await workload(number)
 
     keys = keys_of(redis, settings)
-    for user in LOGIN_USERS:
+    for user in (*LOGIN_USERS, workload.service_account):
         assert tagged(settings, user, "sessions") in keys
     for key in keys:
         # -2: a short-lived bucket expired between SCAN and PTTL; -1: a key without a TTL.

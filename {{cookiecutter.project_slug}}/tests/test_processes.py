@@ -72,12 +72,16 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def start_service(
-    environment: dict[str, str], cwd: Path, *options: str, output: IO[str] | None = None
+    environment: dict[str, str],
+    cwd: Path,
+    *options: str,
+    output: IO[str] | None = None,
+    port: int | None = None,
 ) -> Service:
-    """`serve` on a free port, with `options` (e.g. "--workers", "2"). Its output goes to
-    `output`, or to a pipe read at the end: a test making many requests must pass a file, or
-    the access log fills the pipe and the service stops."""
-    port = free_port()
+    """`serve` on `port` (else a free one), with `options` (e.g. "--workers", "2"). Its output
+    goes to `output`, or to a pipe read at the end: a test making many requests must pass a
+    file, or the access log fills the pipe and the service stops."""
+    port = port or free_port()
     command = [sys.executable, "-m", "{{ cookiecutter.package_name }}", "serve", "--port", str(port)]
     process = subprocess.Popen(
         [*command, *options],
@@ -143,6 +147,7 @@ def environment_for(
         PYTHONPATH=python_path,
         APP_REDIS_KEY_PREFIX=settings.redis_key_prefix,
         APP_USERS_FILE=str(settings.users_file),
+        APP_CLIENTS_FILE=str(settings.clients_file),
         APP_RATE_LIMIT=str(settings.rate_limit),
         APP_LOGIN_RATE_LIMIT=str(settings.login_rate_limit),
         APP_REDIS_TIMEOUT_SECONDS=str(settings.redis_timeout_seconds),

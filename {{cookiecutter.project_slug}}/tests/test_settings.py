@@ -85,6 +85,15 @@ def test_reads_dot_env(
     assert settings.jwt_secret.get_secret_value() == STRONG_SECRET
 
 
+def test_remote_token_shapes_are_comma_separated_lists(build: Build) -> None:
+    settings = build(jwt_accepted_types=" at+jwt , application/jwt", jwt_scope_claims="scp")
+    assert settings.jwt_accepted_types == ("at+jwt", "application/jwt")
+    assert settings.jwt_scope_claims == ("scp",)
+    assert build().jwt_accepted_types == ("at+jwt", "jwt")  # RFC 9068's, and the providers'
+    assert build().jwt_scope_claims == ("scope", "scp")
+    assert build().jwt_allow_missing_typ is False
+
+
 def test_the_secret_never_appears_in_its_repr(build: Build) -> None:
     """A logged settings object does not reveal the signing secret."""
     assert STRONG_SECRET not in repr(build())
@@ -102,6 +111,8 @@ def test_the_secret_never_appears_in_its_repr(build: Build) -> None:
         ({"environment": "staging"}, "environment"),
         ({"redis_url": "localhost:6379"}, "not a Redis URL"),
         ({"redis_url": "redis://localhost:port/0"}, "not a Redis URL"),
+        ({"jwt_accepted_types": "at+jwt, <script>"}, "is not a media type"),
+        ({"jwt_scope_claims": "scope, s c p"}, "is not a claim name"),
     ],
 )
 def test_refuses_bad_values_with_a_clear_message(

@@ -527,13 +527,15 @@ async def test_the_previous_key_never_signs(
 async def test_issued_tokens_carry_exactly_the_contract_claims(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    """It issues `typ: at+jwt` and the claims iss aud sub sid jti iat exp scope, nothing more."""
+    """It issues `typ: at+jwt` and the claims iss aud sub sid jti iat exp scope client_id,
+    nothing more; a user's token names the public client (RFC 9068, section 2.2)."""
     add_user(settings, "bob", scopes=["write", "read"])
     token = (await login(client, "bob"))["access_token"]
     assert set(jwt.get_unverified_header(token)) == {"alg", "typ", "kid"}
     assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
     claims = jwt.get_unverified_claims(token)
-    assert set(claims) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "scope"}
+    assert set(claims) == {"iss", "aud", "sub", "sid", "jti", "iat", "exp", "scope", "client_id"}
+    assert claims["client_id"] == settings.public_client_id == "public"
     assert claims["scope"] == "read write"
     assert claims["exp"] - claims["iat"] == settings.access_token_ttl_seconds
     assert len(base64.urlsafe_b64decode(claims["sid"] + "==")) >= 16  # >= 128 bits

@@ -1,5 +1,6 @@
-"""Command line: `python -m {{ cookiecutter.package_name }} <command>`: serve, rotate-keys, and the
-user commands create-user, list-users, set-password, disable-user, enable-user, delete-user."""
+"""Command line: `python -m {{ cookiecutter.package_name }} <command>`: serve, rotate-keys, the
+user commands create-user, list-users, set-password, disable-user, enable-user, delete-user, and
+the service-account commands of `client_commands.py`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from . import audit
+from .auth.clients import FileClientStore
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
+from .auth.records import NameTakenError
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
 from .logs import log_config, log_to_stderr
 from .settings import Settings, get_settings
@@ -211,7 +214,16 @@ def create_user(args: argparse.Namespace) -> int:
         print(f"error: create-user: {problem}", file=sys.stderr)
         return 2
     user = User(name=name, password_hash=password_hasher(settings).hash(password), scopes=scopes)
-    created = FileUserStore(settings.users_file).put(user)
+    clients = FileClientStore(settings.clients_file)
+    try:
+        created = FileUserStore(settings.users_file).put(user, reserved=clients.read_all)
+    except NameTakenError:
+        print(
+            f"error: create-user: {name!r} is a service account's name; users and clients share "
+            "names (their sessions would be one)",
+            file=sys.stderr,
+        )
+        return 2
     log_to_stderr(settings.logs_as)
     audit.event("user_created" if created else "user_updated", client="cli", sub=name)
     action = "created" if created else "updated the password and scopes of"
@@ -485,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="RS256/ES256: new signing key pair; the current public key becomes the previous one",
     )
     rotate_parser.set_defaults(handler=rotate_keys)
+
+    from .client_commands import add_client_commands  # it imports this module's helpers
+
+    add_client_commands(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ import copy
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
@@ -132,6 +132,86 @@ class InvalidRequest(BaseModel):
     detail: list[ValidationProblem]
 
 
+class TokenError(BaseModel):
+    """RFC 6749 section 5.2: how `POST /auth/token` refuses a client, a grant type, a grant or
+    a scope. (A wrong user name or password keeps its `{"detail": ...}` answer.)"""
+
+    model_config = ConfigDict(extra="forbid")
+    error: Literal[
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unsupported_grant_type",
+        "invalid_scope",
+    ]
+    error_description: str
+
+
+class OAuthError(Exception):
+    """Raised by the token endpoint's grants; answered with a `TokenError` body, no-store."""
+
+    def __init__(
+        self, status: int, error: str, description: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers = dict(headers or {})
+
+
+# The challenge of a failed client authentication. RFC 6749 (section 5.2) asks for it when the
+# client used Basic, and RFC 9110 (section 15.5.2) for a challenge on every 401: Basic is the
+# one HTTP scheme the token endpoint takes, so every `invalid_client` carries it. RFC 7617
+# makes `realm` required.
+BASIC_CHALLENGE = 'Basic realm="token", charset="UTF-8"'
+
+
+def invalid_client() -> OAuthError:
+    """401: an unknown client, a wrong or missing secret, a disabled client, or a client id the
+    grant does not take; all the same answer. Counted as `client` in `auth_rejections_total`."""
+    metrics.auth_rejected("client")
+    return OAuthError(
+        401,
+        "invalid_client",
+        "Client authentication failed",
+        {"WWW-Authenticate": BASIC_CHALLENGE},
+    )
+
+
+def invalid_request(description: str) -> OAuthError:
+    """400: a token request this endpoint cannot read (a fixed description, never input)."""
+    return OAuthError(400, "invalid_request", description)
+
+
+def unsupported_grant_type() -> OAuthError:
+    return OAuthError(
+        400,
+        "unsupported_grant_type",
+        "grant_type must be password, refresh_token or client_credentials",
+    )
+
+
+def invalid_grant() -> OAuthError:
+    """400: a refresh token that is not (or no longer) good, at `POST /auth/token`."""
+    return OAuthError(400, "invalid_grant", "The refresh token is invalid or expired")
+
+
+def invalid_scope() -> OAuthError:
+    return OAuthError(400, "invalid_scope", "The requested scope exceeds the client's scopes")
+
+
+async def _oauth_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, OAuthError):  # registered for that class only
+        raise exc
+    body = TokenError.model_validate({"error": exc.error, "error_description": exc.description})
+    return JSONResponse(
+        status_code=exc.status,
+        content=body.model_dump(),
+        headers={**exc.headers, **NO_STORE},
+    )
+
+
 def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
     return {"description": description, "required": True, "schema": {"type": schema_type}}
 
@@ -170,6 +250,25 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
         "headers": {"Retry-After": _RETRY_AFTER},
     },
 }
+
+
+def token_endpoint_responses() -> dict[int | str, dict[str, Any]]:
+    """`responses=` of `POST /auth/token`: its 400 and 401 are either body, by grant."""
+    listed = responses(400, 401, 413, 422, 429, 503)
+    listed[400]["model"] = Error | TokenError
+    listed[400]["description"] = (
+        "Unparsable body; or (RFC 6749) an unsupported grant type, a bad refresh token, a "
+        "scope beyond the client's, or a malformed request"
+    )
+    listed[401]["model"] = Error | TokenError
+    listed[401]["headers"]["WWW-Authenticate"]["description"] = (
+        "Bearer after a wrong user name or password; Basic (RFC 7617) for invalid_client"
+    )
+    listed[401]["description"] = (
+        "A wrong user name or password; or (RFC 6749 invalid_client) a client that failed "
+        "to authenticate"
+    )
+    return listed
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -399,5 +498,6 @@ def install_error_handlers(app: FastAPI) -> None:
     failures (down, too slow, out of memory, read-only, failing over) get a 503."""
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(OAuthError, _oauth_error)
     for error in (RedisError, TimeoutError):
         app.add_exception_handler(error, _redis_unavailable)

@@ -68,6 +68,30 @@ CLIENT_WARNINGS = frozenset(
 CLIENT_WARNING_WINDOW_SECONDS = 10.0
 
 
+class OncePerWindow:
+    """Lets one event through per window and counts the others: `allow()` is None for an event
+    left out, else how many were left out since the last one let through. Its state is one
+    (window start, count) pair, whatever the number of events."""
+
+    def __init__(
+        self,
+        window_seconds: float = CLIENT_WARNING_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._started = -math.inf
+        self._left_out = 0
+
+    def allow(self) -> int | None:
+        now = self.clock()
+        if now - self._started < self.window_seconds:
+            self._left_out += 1
+            return None
+        left_out, self._started, self._left_out = self._left_out, now, 0
+        return left_out
+
+
 class RepeatedClientWarnings(logging.Filter):
     """At most one line per window for each of `CLIENT_WARNINGS`; the others are counted, and
     the next line that gets through says how many were left out. Other records pass untouched.
@@ -82,20 +106,18 @@ class RepeatedClientWarnings(logging.Filter):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        self.window_seconds = window_seconds
-        self.clock = clock
-        self._windows: dict[str, tuple[float, int]] = {}
+        self._windows = {
+            message: OncePerWindow(window_seconds, clock) for message in CLIENT_WARNINGS
+        }
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg
-        if not isinstance(message, str) or message not in CLIENT_WARNINGS:
+        window = self._windows.get(message) if isinstance(message, str) else None
+        if window is None:
             return True
-        now = self.clock()
-        started, left_out = self._windows.get(message, (-math.inf, 0))
-        if now - started < self.window_seconds:
-            self._windows[message] = (started, left_out + 1)
+        left_out = window.allow()
+        if left_out is None:
             return False
-        self._windows[message] = (now, 0)
         if left_out:
             record.msg = f"{message} ({left_out} more since the last such line, not logged)"
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,7 +10,10 @@ from fastapi import FastAPI
 
 from . import docs, metrics
 from .api import health, items, jwks, me
+from .api.metadata import install_metadata
+from .auth import grants
 from .auth import routes as auth_routes
+from .auth.clients import ClientStore, FileClientStore
 from .auth.jwks import RemoteKeys
 from .auth.keys import load_key_set
 from .auth.passwords import PasswordChecker, password_hasher
@@ -24,12 +28,20 @@ from .outage import RedisOutage
 from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 
+logger = logging.getLogger(__name__)
 
-def create_app(settings: Settings | None = None, *, users: UserStore | None = None) -> FastAPI:
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    users: UserStore | None = None,
+    clients: ClientStore | None = None,
+) -> FastAPI:
     """Build the app; its Redis clients open when it starts and close when it stops.
 
-    Keys are read and the dummy password hash is made here, once. `users` replaces the
-    file-backed user store (see `UserStore`). With APP_JWT_JWKS_URL or APP_OIDC_ISSUER set,
+    Keys are read, the dummy password hash is made and the issuer's metadata is serialized here,
+    once. `users` and `clients` replace the file-backed user and service-account stores (see
+    `UserStore`, `ClientStore`). With APP_JWT_JWKS_URL or APP_OIDC_ISSUER set,
     the app verifies another issuer's tokens instead (see `auth/jwks.py`).
 
     `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory` works too (settings then
@@ -48,6 +60,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         app.state.limiter = Limiter(per_request or redis, settings, outage)
         app.state.items = items.ItemStore(redis, settings)  # the example router's data
         if remote_keys is not None:
+            logger.info(app.state.token_verifier.describe())  # which tokens it takes, once
             await remote_keys.start()  # not ready until the issuer's keys are here
         try:
             yield
@@ -69,6 +82,7 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
     )
     app.state.settings = settings
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
+    app.state.clients = clients if clients is not None else FileClientStore(settings.clients_file)
     install_error_handlers(app)
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
     app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies)
@@ -92,7 +106,10 @@ def create_app(settings: Settings | None = None, *, users: UserStore | None = No
         app.state.password_checker = PasswordChecker(password_hasher(settings))
         if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
             app.include_router(jwks.router)
+        app.include_router(grants.router)  # POST /auth/token
         app.include_router(auth_routes.router)
     app.include_router(me.router)
     app.include_router(items.router)  # the example router: replace it with your own
+    if not settings.remote_issuer:  # with every route in, for the scopes they check
+        install_metadata(app, settings, publishes_keys=app.state.keys.jwks_json is not None)
     return app

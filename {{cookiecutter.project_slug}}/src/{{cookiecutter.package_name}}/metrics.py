@@ -49,8 +49,19 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 STATUSES = frozenset(str(status) for status in range(100, 600))
 # Where requests are refused for who they are: no token, a token that does not verify, a
-# session that has ended, a missing scope, a failed login, more than one Authorization header.
-AUTH_REASONS = ("missing", "invalid", "session", "scope", "login", "duplicate")
+# session that has ended, a missing scope, a failed login, more than one Authorization header,
+# a remote issuer's token that names no session while APP_JWT_REQUIRE_SESSION asks for one,
+# a client that failed to authenticate at the token endpoint (`invalid_client`).
+AUTH_REASONS = (
+    "missing",
+    "invalid",
+    "session",
+    "scope",
+    "login",
+    "duplicate",
+    "no_session",
+    "client",
+)
 REDIS_KINDS = ("timeout", "connection", "readonly", "oom", "loading", "response", OTHER)
 MAX_POLICIES = 32
 # Seconds. A few fixed buckets: each one is a series per route.

@@ -7,6 +7,7 @@ and hand the result to `create_app`.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -26,6 +27,16 @@ PLACEHOLDERS = ("change-me", "changeme", "placeholder")
 # What else makes a production secret look hand-written rather than random.
 WEAK_MARKERS = ("secret", "example")
 URL_PATTERN = r"^https?://[^\s]+$"
+# A media type as a `typ` header writes it (RFC 6838's restricted names, with or without a
+# type), and a JSON claim name as tokens use them.
+MEDIA_TYPE = re.compile(r"(?:[A-Za-z0-9][\w!#$&^.+-]{0,126}/)?[A-Za-z0-9][\w!#$&^.+-]{0,126}")
+CLAIM_NAME = re.compile(r"[\x21-\x7e]{1,64}")
+# A value of APP_JWT_ISSUER that means to be a URL (and must then be a usable issuer URL); any
+# other value is an opaque name, as the default (the project slug) is.
+URL_LIKE = re.compile(r"^https?:", re.IGNORECASE)
+# A client id as tokens carry it in `client_id`, and the name of a service account (a token
+# subject, so the shape of a user name: see auth/users.py).
+CLIENT_ID = r"^[A-Za-z0-9_.@-]{1,64}$"
 
 
 class Settings(BaseSettings):
@@ -49,6 +60,8 @@ class Settings(BaseSettings):
     jwt_previous_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     jwt_private_key_file: Path | None = None
     jwt_public_key_file: Path | None = None
+    # An https URL (http in development) makes the issuer discoverable (RFC 8414); see
+    # `issuer_url`. Any other text is an opaque name, written into `iss` as it is.
     jwt_issuer: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
     jwt_audience: str = Field(default="{{ cookiecutter.project_slug }}", min_length=1)
     access_token_ttl_seconds: int = Field(default={{ cookiecutter.access_token_ttl_seconds }}, gt=0)
@@ -59,11 +72,24 @@ class Settings(BaseSettings):
     jwt_jwks_timeout_seconds: float = Field(default=5, gt=0, le=60)  # connect, and each read
     # Remote mode: each token names a session (`sid`) in the shared Redis that must be alive.
     jwt_require_session: bool = True
+    # Remote mode: the `typ` values that mark an access token (compared as RFC 7515 says: no
+    # case, `application/` optional), whether a token without `typ` is one, and the claims that
+    # hold scopes (see auth/remote.py).
+    jwt_accepted_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt", "jwt")
+    jwt_allow_missing_typ: bool = False
+    jwt_scope_claims: Annotated[tuple[str, ...], NoDecode] = ("scope", "scp")
 
     session_idle_ttl_seconds: int = Field(default=1800, gt=0)
     session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
     # Logging in beyond this many live sessions ends the user's oldest ones.
     max_sessions_per_user: int = Field(default=20, ge=1, le=1000)
+    # Live access tokens per service account (each has a session as long as the token); one
+    # more ends the oldest. A client that caches its token until it expires, as OAuth clients
+    # do, holds one per process: 100 is a fleet of 100 replicas.
+    max_tokens_per_client: int = Field(default=100, ge=1, le=1000)
+    # The client id written into the tokens of the password grant (RFC 9068 asks for one in
+    # every token): the one public client, with no secret (see auth/grants.py).
+    public_client_id: str = Field(default="public", pattern=CLIENT_ID)
 
     # argon2id cost of a password hash: iterations, memory in KiB (64 MiB), lanes. The defaults
     # are argon2-cffi's (RFC 9106, low-memory profile); tests lower them for speed.
@@ -80,6 +106,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] | None = None
 
     users_file: Path = Path("data/users.json")
+    clients_file: Path = Path("data/clients.json")  # service accounts (auth/clients.py)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # The edge (server.py). A request head is at most 16 KiB: real clients send it in one
@@ -127,6 +154,36 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("jwt_accepted_types", "jwt_scope_claims", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        """Comma-separated, as `at+jwt, jwt`."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("jwt_accepted_types")
+    @classmethod
+    def _check_media_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for typ in value:
+            if not MEDIA_TYPE.fullmatch(typ):
+                raise ValueError(
+                    f"{typ[:80]!r} is not a media type; use names such as at+jwt, "
+                    "application/at+jwt or jwt, comma-separated"
+                )
+        return value
+
+    @field_validator("jwt_scope_claims")
+    @classmethod
+    def _check_claim_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not CLAIM_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name[:80]!r} is not a claim name; use names such as scope or scp, "
+                    "comma-separated"
+                )
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
@@ -145,6 +202,12 @@ class Settings(BaseSettings):
         if isinstance(values, dict) and values.get("oidc_issuer") and not values.get("jwt_issuer"):
             return {**values, "jwt_issuer": values["oidc_issuer"]}
         return values
+
+    @property
+    def issuer_url(self) -> str | None:
+        """APP_JWT_ISSUER when it is a URL (checked by `_check_issuer`): the issuer is then
+        discoverable, and its endpoints are built from it. None for an opaque name."""
+        return self.jwt_issuer if URL_LIKE.match(self.jwt_issuer) else None
 
     @property
     def remote_issuer(self) -> bool:
@@ -183,6 +246,8 @@ class Settings(BaseSettings):
             self._check_secret()
         else:
             self._check_key_files()
+        if not self.remote_issuer:
+            self._check_issuer()
         if self.session_idle_ttl_seconds > self.session_absolute_ttl_seconds:
             raise ValueError(
                 "APP_SESSION_IDLE_TTL_SECONDS must not exceed APP_SESSION_ABSOLUTE_TTL_SECONDS"
@@ -199,6 +264,35 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"APP_JWT_ALGORITHM: {self.jwt_algorithm} cannot verify a remote issuer's tokens; "
                 "use RS256 or ES256 with APP_JWT_JWKS_URL or APP_OIDC_ISSUER"
+            )
+
+    def _check_issuer(self) -> None:
+        """An issuer URL as RFC 8414 (section 2) wants it: https (http only in development, for
+        a local second service), a host, no query, no fragment. The metadata's `issuer` and every
+        token's `iss` are this text exactly, so it is never rewritten (a trailing `/` stays)."""
+        if self.issuer_url is None:
+            return
+        try:
+            parts = urlsplit(self.jwt_issuer)
+            host = parts.hostname
+        except ValueError:
+            host, parts = None, None
+        production = self.environment == "production"
+        allowed = ("https",) if production else ("https", "http")
+        if (
+            parts is None
+            or not host
+            or parts.scheme not in allowed
+            or parts.username is not None
+            or "#" in self.jwt_issuer
+            or "?" in self.jwt_issuer
+            or any(character.isspace() for character in self.jwt_issuer)
+        ):
+            scheme = "https" if production else "https (or, in development, http)"
+            raise ValueError(
+                f"APP_JWT_ISSUER: an issuer URL must be {scheme} with a host, no user name, "
+                "query or fragment, e.g. https://auth.example.com; or a plain name, which is "
+                "not discoverable"
             )
 
     def _check_secret(self) -> None:

@@ -18,10 +18,13 @@ from .. import errors, metrics
 from ..limits import check_policy_name, enforce
 from ..ratelimit import DEFAULT_POLICY, Rate
 from .remote import verify_with_fresh_keys
-from .tokens import MAX_TOKEN_BYTES, Principal, UnknownKey
+from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 AUTHORIZATION = b"authorization"  # ASGI header names are lower-case bytes
+# The attribute on a `require_scopes` dependency that names its scopes, so the issuer's metadata
+# can list the scopes its routes check (`api/metadata.py`).
+REQUIRED_SCOPES = "required_scopes"
 
 UNUSABLE = ""  # an Authorization header that holds no bearer token: no verifier accepts it
 
@@ -84,7 +87,7 @@ class Authenticated(OAuth2PasswordBearer):
         if isinstance(principal, UnknownKey):
             principal = await verify_with_fresh_keys(state.token_verifier, token)
         if not isinstance(principal, Principal):
-            metrics.auth_rejected("invalid")
+            metrics.auth_rejected(principal.reason if isinstance(principal, Refused) else "invalid")
             raise errors.invalid_token()
         rate = self._rate or state.settings.rate_limit
         if state.settings.checks_sessions:
@@ -141,4 +144,5 @@ def require_scopes(
             raise errors.insufficient_scope(needed)
         return principal
 
+    setattr(principal_with_scopes, REQUIRED_SCOPES, needed)
     return principal_with_scopes

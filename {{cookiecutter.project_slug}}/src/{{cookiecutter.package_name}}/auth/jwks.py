@@ -1,6 +1,6 @@
 """A remote issuer's public keys (JWKS), fetched over HTTP and kept bounded.
 
-With APP_JWT_JWKS_URL (or APP_OIDC_ISSUER, whose discovery document names the JWKS URL) this
+With APP_JWT_JWKS_URL (or APP_OIDC_ISSUER, whose metadata names the JWKS URL) this
 service verifies tokens signed elsewhere. Where JWKS clients in the wild go wrong, and what
 this one does instead:
 
@@ -171,13 +171,20 @@ class RemoteKeys:
             logger.error("JWKS: no keys from %s (%s); not ready, retrying", source, reason)
 
     async def _discover(self) -> str:
-        """The JWKS URL from the OpenID Provider's discovery document (OIDC Discovery 1.0)."""
+        """The JWKS URL from the issuer's metadata: its OpenID Provider configuration (OIDC
+        Discovery 1.0), or, where it has none, its OAuth 2.0 authorization server metadata
+        (RFC 8414), at the URLs `metadata_urls` gives."""
         issuer = self._oidc_issuer
         if issuer is None:
             raise FetchError("no JWKS URL configured")
-        document, _ = await self._get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
+        oidc, oauth = metadata_urls(issuer)
+        try:
+            document, _ = await self._get_json(oidc)
+        except FetchError:  # no OpenID configuration (a 404, say): an OAuth server's metadata
+            document, _ = await self._get_json(oauth)
         if not isinstance(document, dict) or document.get("issuer") != issuer:
-            # OIDC Discovery 1.0, section 4.3: the document must name the issuer it was asked for.
+            # Both specifications: the document must name the issuer it was asked for (OIDC
+            # Discovery 1.0, section 4.3; RFC 8414, section 3.3).
             raise FetchError("the discovery document names another issuer")
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
@@ -201,6 +208,19 @@ class RemoteKeys:
             return json.loads(body), max_age
         except NOT_JSON_ERRORS:
             raise FetchError("the answer is not JSON") from None
+
+
+def metadata_urls(issuer: str) -> tuple[str, str]:
+    """Where an issuer's metadata is: OIDC Discovery appends its well-known path to the issuer
+    (`https://id.example/tenant/.well-known/openid-configuration`); RFC 8414, section 3.1,
+    inserts it between host and path (`https://id.example/.well-known/oauth-authorization-server
+    /tenant`), which for an issuer without a path is the same place."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    oidc = f"{origin}{path}/.well-known/openid-configuration"
+    oauth = f"{origin}/.well-known/oauth-authorization-server{path}"
+    return oidc, oauth
 
 
 def usable_keys(document: Any, algorithm: str) -> dict[str, Key]:

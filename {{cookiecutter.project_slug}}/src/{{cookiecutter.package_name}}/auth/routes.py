@@ -1,18 +1,18 @@
-"""`/auth/token`, `/auth/refresh`, `/auth/logout`, `/auth/logout-all`."""
+"""`/auth/refresh`, `/auth/logout`, `/auth/logout-all`, and the password and refresh grants
+that `POST /auth/token` (grants.py) runs."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import audit, errors
 from ..limits import LOGIN_POLICY, client_of, enforce
 from .dependencies import AUTHENTICATED, CurrentPrincipal
-from .passwords import MAX_PASSWORD_LENGTH
 from .sessions import ReuseDetected, Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
 from .users import USERNAME_PATTERN, User, UserStore
@@ -44,15 +44,10 @@ def token_pair(request: Request, session: Session, response: Response) -> TokenP
     )
 
 
-@router.post("/token", responses=errors.responses(400, 401, 413, 422, 429, 503))
-async def login(
-    request: Request,
-    response: Response,
-    # FastAPI reads an empty form field as a missing one (422); min_length=1 documents that.
-    username: Annotated[str, Form(min_length=1, max_length=MAX_USERNAME_INPUT)],
-    password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD_LENGTH)],
+async def password_grant(
+    request: Request, response: Response, username: str, password: str
 ) -> TokenPair:
-    """OAuth2 password flow: a user name and password for an access and a refresh token.
+    """OAuth2 password grant: a user name and password for an access and a refresh token.
 
     Each attempt is taken from the client address's and the account's budgets
     (`APP_LOGIN_RATE_LIMIT`) before any password is checked, and given back when the password is
@@ -101,17 +96,31 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
 
     The user is looked up again: a user removed or disabled since login loses the session here,
     and the new access token carries only scopes the user still has (never more than at login).
+    `POST /auth/token` with `grant_type=refresh_token` does the same, answering as RFC 6749 says.
     """
-    state = request.app.state
-    parsed = parse_refresh_token(body.refresh_token)
-    if parsed is None:
+    session = await continue_session(request, body.refresh_token)
+    if session is None:
         raise errors.invalid_token()
+    return token_pair(request, session, response)
+
+
+async def continue_session(request: Request, refresh_token: str) -> Session | None:
+    """The session `refresh_token` continues, with its next refresh token and the scopes its
+    user still has; None when the token is refused (the caller says how)."""
+    state = request.app.state
+    parsed = parse_refresh_token(refresh_token)
+    if parsed is None:
+        return None
     # The user first: if the store fails, the refresh token is not spent yet and still works.
     user = await state.users.get(parsed[0])
     if user is None or user.disabled:
-        await state.sessions.revoke(*parsed)
-        raise errors.invalid_token()
-    session = await state.sessions.rotate_refresh(body.refresh_token)
+        # A user removed or disabled by hand loses the session. Not a service account's: its
+        # `sub` and `sid` are readable in its access token, and a refresh token made up from them
+        # must not end it (the client commands end client sessions).
+        if user is not None or await state.clients.get(parsed[0]) is None:
+            await state.sessions.revoke(*parsed)
+        return None
+    session: Session | ReuseDetected | None = await state.sessions.rotate_refresh(refresh_token)
     if isinstance(session, ReuseDetected):
         audit.event(
             "refresh_reuse_detected",
@@ -119,11 +128,11 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
             sub=user.name,
             level=logging.WARNING,
         )
-        raise errors.invalid_token()
+        return None
     if session is None:
-        raise errors.invalid_token()
+        return None
     audit.event("refresh_rotated", client=client_of(request), sub=user.name)
-    return token_pair(request, replace(session, scopes=session.scopes & user.scopes), response)
+    return replace(session, scopes=session.scopes & user.scopes)
 
 
 # These return None, not a Response, so the RateLimit headers set by the dependency are kept.

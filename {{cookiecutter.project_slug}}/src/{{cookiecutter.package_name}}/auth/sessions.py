@@ -34,6 +34,9 @@ SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(1
 REFRESH_SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32): 256 bits
 BASE64URL_PATTERN = re.compile(r"[A-Za-z0-9_-]{2,88}")  # a user name (<= 64 bytes), encoded
 MAX_REFRESH_TOKEN_LENGTH = 160  # the longest well-formed token, with room to spare
+# The `refresh` field of a session that has no refresh token (a service account's): never a
+# SHA-256 digest, so no token presented to `rotate_refresh` can match it or its `spent`.
+NO_REFRESH = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class SessionStore:
         self._idle_ms = settings.session_idle_ttl_seconds * 1000
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
         self._max_sessions = settings.max_sessions_per_user
+        self._max_client_tokens = settings.max_tokens_per_client
         self._create = scripts.register(redis, "session_create.lua")
         self._request = scripts.register(per_request or redis, "request.lua", with_gcra=True)
         self._refresh = scripts.register(redis, "session_refresh.lua")
@@ -139,6 +143,31 @@ class SessionStore:
             ],
         )
         return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=refresh_token)
+
+    async def open_for_token(self, sub: str, scopes: frozenset[str], seconds: int) -> str:
+        """Open a session for one access token of a service account and return its `sid`.
+
+        It lives `seconds` at most (the token's lifetime and the verifier's leeway), never slides
+        past that (`admit` keeps the absolute expiry), and has no refresh token (`NO_REFRESH`):
+        so it costs Redis no longer than the token lives, and ending it (`revoke_all`, as the
+        client commands do) ends the token at its next request. Beyond
+        `APP_MAX_TOKENS_PER_CLIENT` live ones, the client's oldest end.
+        """
+        sid = new_session_id()
+        lifetime_ms = seconds * 1000
+        await self._create(
+            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            args=[
+                sid,
+                " ".join(sorted(scopes)),
+                NO_REFRESH,
+                lifetime_ms,
+                lifetime_ms,
+                self._max_client_tokens,
+                self._session_key_prefix(sub),
+            ],
+        )
+        return sid
 
     async def admit(
         self, sub: str, sid: str, rate: Rate, policy: str = DEFAULT_POLICY

@@ -1,15 +1,19 @@
 """Access tokens: signed JWTs with the fewest claims that do the job, and their verification.
 
-A token carries exactly `iss aud sub sid jti iat exp scope` and the header `typ: at+jwt`
-(RFC 9068) and `kid`. Verification follows RFC 8725: one algorithm from configuration, the key
-picked by `kid` from the service's own key set only (never from `jwk`/`jku`/`x5u`), `iss`/`aud`/
-`exp`/`iat` required, explicit typing, no critical header extensions, and every failure reported
-the same way.
+A token carries exactly `iss aud sub sid jti iat exp scope client_id` and the header
+`typ: at+jwt` (RFC 9068) and `kid`. `client_id` (RFC 9068, section 2.2) is the client the token
+was issued to: `APP_PUBLIC_CLIENT_ID` for a user's token (the password and refresh grants), the
+service account itself for the client credentials grant.
+
+Verification follows RFC 8725: one algorithm from configuration, the key picked by `kid` from the
+service's own key set only (never from `jwk`/`jku`/`x5u`), `iss`/`aud`/`exp`/`iat` required,
+explicit typing, no critical header extensions, and every failure reported the same way.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time
@@ -67,6 +71,23 @@ TOKEN_ERRORS = (
 )
 
 
+def media_type(typ: str) -> str:
+    """A `typ` header value as RFC 7515 (section 4.1.9) says to compare it: media types match
+    without regard to case, and one without a `/` stands for `application/` + itself, so
+    `AT+JWT`, `application/at+jwt` and `Application/AT+JWT` are one type."""
+    lowered = typ.lower()
+    return lowered if "/" in lowered else "application/" + lowered
+
+
+def numeric_date(value: Any) -> float | None:
+    """A NumericDate (RFC 7519, section 2): any finite JSON number, whole or not. A bool is an
+    int to Python but not to JSON, and NaN and the infinities (which Python's JSON parser
+    accepts) are no dates; each of these is None."""
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: all a route ever learns from a token."""
@@ -89,6 +110,14 @@ class UnknownKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A token refused (401) for a reason an operator needs told apart from "invalid": the
+    reason is its `auth_rejections_total` label, one of `metrics.AUTH_REASONS`."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class AccessToken:
     token: str
     expires_in: int  # seconds
@@ -104,8 +133,17 @@ class TokenIssuer:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl_seconds = settings.access_token_ttl_seconds
+        self._public_client = settings.public_client_id
 
-    def issue(self, sub: str, sid: str, scopes: Iterable[str]) -> AccessToken:
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl_seconds
+
+    def issue(
+        self, sub: str, sid: str, scopes: Iterable[str], client_id: str | None = None
+    ) -> AccessToken:
+        """A token for session `sid` of `sub`, issued to `client_id` (by default the public
+        client, whose tokens are users')."""
         now = int(time.time())
         claims = {
             "iss": self._issuer,
@@ -116,6 +154,7 @@ class TokenIssuer:
             "iat": now,
             "exp": now + self._ttl_seconds,
             "scope": " ".join(sorted(scopes)),
+            "client_id": client_id or self._public_client,
         }
         token = jwt.encode(claims, self._key, algorithm=self._algorithm, headers=self._headers)
         return AccessToken(token=token, expires_in=self._ttl_seconds)
@@ -132,16 +171,18 @@ class TokenVerifier:
     validation requires nothing by default, and costs more than the signature check).
     """
 
-    TYPES: frozenset[str] = frozenset({ACCESS_TOKEN_TYPE})  # accepted `typ` header values
-
     def __init__(self, settings: Settings, keys: KeyLookup) -> None:
+        # The `typ` values accepted (as `media_type` spells them); ours are always at+jwt.
+        self._types = frozenset({media_type(ACCESS_TOKEN_TYPE)})
+        self._allow_missing_typ = False
+        self._whole_seconds = True  # our times are integers; an issuer's may not be
         self._algorithm = settings.jwt_algorithm
         self._algorithms = [settings.jwt_algorithm]  # a one-element list, never a string
         self._keys = keys
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
 
-    def verify(self, token: str) -> Principal | UnknownKey | None:
+    def verify(self, token: str) -> Principal | UnknownKey | Refused | None:
         # The size cap first: the pattern then never reads more than MAX_TOKEN_BYTES.
         if len(token) > MAX_TOKEN_BYTES or not CANONICAL_JWS.fullmatch(token):
             return None
@@ -166,7 +207,7 @@ class TokenVerifier:
         except TOKEN_ERRORS:
             return None
 
-    def _principal_from(self, header: Any, claims: Any, now: float) -> Principal | None:
+    def _principal_from(self, header: Any, claims: Any, now: float) -> Principal | Refused | None:
         """RFC 8725 and RFC 9068 rules for an access token this service issued itself."""
         exp = self._expiry_if_current(header, claims, now)
         if exp is None:
@@ -186,9 +227,10 @@ class TokenVerifier:
 
     def _expiry_if_current(self, header: Any, claims: Any, now: float) -> int | None:
         """The rules every token meets, ours or a remote issuer's: an accepted `typ`, no `crit`,
-        `iss` and `aud` naming us, and whole-second times within the leeway. Returns `exp`, or
-        None when a rule is broken."""
-        if not isinstance(header, dict) or header.get("typ") not in self.TYPES:
+        `iss` and `aud` naming us, and times within the leeway (for our own tokens, whole
+        seconds, as we write them). Returns `exp` (whole seconds, rounded down), or None when
+        a rule is broken."""
+        if not isinstance(header, dict) or not self._accepts_type(header.get("typ")):
             return None
         # `crit` lists extensions the recipient must understand or reject the token (RFC 7515,
         # section 4.1.11). This service understands none, and python-jose does not check it.
@@ -196,13 +238,21 @@ class TokenVerifier:
             return None
         if not isinstance(claims, dict) or not self._names_us(claims):
             return None
-        exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf", 0)
-        # Times are whole seconds; bool is an int in Python, so compare types exactly.
-        if type(exp) is not int or type(iat) is not int or type(nbf) is not int:
+        exp, iat = numeric_date(claims.get("exp")), numeric_date(claims.get("iat"))
+        nbf = numeric_date(claims.get("nbf", 0))
+        if exp is None or iat is None or nbf is None:
+            return None
+        if self._whole_seconds and not (type(exp) is type(iat) is type(nbf) is int):
             return None
         if exp + LEEWAY_SECONDS <= now or iat - LEEWAY_SECONDS > now or nbf - LEEWAY_SECONDS > now:
             return None
-        return exp
+        return math.floor(exp)
+
+    def _accepts_type(self, typ: Any) -> bool:
+        """Explicit typing (RFC 8725, section 3.11): the header says this is an access token."""
+        if typ is None:
+            return self._allow_missing_typ
+        return isinstance(typ, str) and media_type(typ) in self._types
 
     def _names_us(self, claims: dict[str, Any]) -> bool:
         """`iss` is this service, and `aud` is this service (or a list that includes it)."""
