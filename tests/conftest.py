@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .baking import BAKE_VENV, HOST_PYTHON, bake, clean_environment, run
+
+# Lines for the end of the run's output: pytest shows a passing test's prints only with -s.
+REPORTED = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Say a line at the end of the run: which Compose ran each Docker scenario, on which base
+    images, and what it took."""
+    return request.config.stash.setdefault(REPORTED, []).append
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    lines = config.stash.get(REPORTED, [])
+    if lines:
+        terminalreporter.section("what the Docker scenarios ran")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -58,7 +58,9 @@ def unavailable(what: str) -> NoReturn:
 
 
 @pytest.fixture(scope="session")
-def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Compose | None]]:
+def docker(
+    tmp_path_factory: pytest.TempPathFactory, report: Callable[[str], None]
+) -> Iterator[dict[str, Compose | None]]:
     """A running engine and the Compose commands: "v2" (`docker compose`, which every scenario
     runs with) and "v1" (`docker-compose`, for the core scenario, None where the machine has no
     v1). Stops the engine afterwards if it started it."""
@@ -76,7 +78,7 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Compo
         except DockerUnavailable as missing:
             unavailable(f"no Compose v2: {missing}")
         v1 = compose_v1()
-        print(f"\ncompose: {v2}; {v1 or 'no Compose v1'}")
+        report(f"compose: {v2}; {v1 or 'no Compose v1'}")
         yield {"v2": v2, "v1": v1}
     finally:
         engine.stop()
@@ -231,7 +233,11 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def images_used(docker: list[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def images_used(
+    docker: dict[str, Compose | None],
+    tmp_path_factory: pytest.TempPathFactory,
+    report: Callable[[str], None],
+) -> dict[str, str]:
     """The base images every bake and both compose files need, present on the engine."""
     project = bake(tmp_path_factory.mktemp("images"), jwt_algorithm="ES256")
     needed = base_images(project, ["compose.yaml", "compose.scale.yaml"])
@@ -240,9 +246,9 @@ def images_used(docker: list[str], tmp_path_factory: pytest.TempPathFactory) -> 
     except DockerUnavailable as missing:
         pytest.fail(f"base images: {missing}", pytrace=False)
     for name, origin in sorted(used.items()):
-        print(f"base image {name}: {origin}")
+        report(f"base image {name}: {origin}")
     if "stand-in" in used.values():
-        print(
+        report(
             "stand-ins were used: they prove the Dockerfile's steps, the compose wiring, "
             "healthchecks, users, volumes and permissions, not the upstream base images"
         )
@@ -255,6 +261,7 @@ def stack(
     docker: dict[str, Compose | None],
     images_used: dict[str, str],
     tmp_path: Path,
+    report: Callable[[str], None],
 ) -> Iterator[Stack]:
     """A fresh bake for `request.param` = (answers, compose file[, "v1"]), run with Compose v2
     (or v1 when named), torn down with `down -v`."""
@@ -263,7 +270,7 @@ def stack(
     if compose is None:
         unavailable("no Compose v1 (`docker-compose` 1.x) on PATH")
     stack = Stack(compose, bake(tmp_path, **answers), file)
-    print(f"\n{request.node.name}: {compose} runs {file}")
+    report(f"{request.node.name}: {compose} runs {file}")
     try:
         yield stack
     finally:
