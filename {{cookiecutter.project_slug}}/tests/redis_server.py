@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,7 @@ class RedisServer:
     """One `redis-server` process without persistence; it can be paused, stopped, restarted.
 
     With `tls`, it listens with TLS only (its `url` is `rediss://`); with `unix_socket`, also on
-    a Unix socket (`unix_url`).
+    a Unix socket (`unix_url`). `config` is passed on as further `--name value` arguments.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class RedisServer:
         cluster: bool = False,
         tls: TlsFiles | None = None,
         unix_socket: bool = False,
+        config: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -81,6 +83,7 @@ class RedisServer:
         self.port = free_cluster_port() if cluster else free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.socket_path = self.directory / "redis.sock" if unix_socket else None
+        self.config = list(config)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,6 +122,7 @@ class RedisServer:
             ]  # fmt: skip
         if self.socket_path:
             command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        command += self.config
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         self.wait_until_ready()
 
@@ -182,6 +186,15 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Die at once (SIGKILL), as a crashed host would: no shutdown, no last words to clients
+        or to the cluster. Its directory stays, so `start` brings back the same node (a cluster
+        node keeps its identity in `nodes.conf`), with no data."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
         self.process = None
 
     def restart(self) -> None:

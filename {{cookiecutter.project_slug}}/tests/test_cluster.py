@@ -18,10 +18,11 @@ import httpx
 import pytest
 from redis import Redis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package_name }}.auth.sessions import hash_tag
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis import ClusterClient
+from {{ cookiecutter.package_name }}.redis import ClusterClient, create_cluster_client
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, running
@@ -305,3 +306,41 @@ async def test_items_and_disable_user_on_the_cluster(
         assert result.stdout.decode().endswith("; ended 2 session(s)\n")
         for pair in pairs:
             assert_invalid_token(await me(client, pair["access_token"]))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_command_on_a_connection_closed_under_it_fails_as_a_connection_error(
+    cluster_settings: Settings, loop: str
+) -> None:
+    """A pooled connection whose transport another task has closed, while redis-py still holds
+    its writer, fails the next command with `ConnectionError` (a 503), on the event loop
+    `serve` runs (uvloop) too.
+
+    That is the state redis-py's cluster client leaves behind during a failover: it disconnects
+    a node's idle connections, or every connection after `CLUSTERDOWN`, while other requests
+    take them from the pool (see `failover.py`). Under uvloop the write used to raise
+    `RuntimeError` ("unable to perform operation on <TCPTransport closed=True>"), a 500.
+    """
+
+    async def scenario() -> None:
+        client = create_cluster_client(cluster_settings)
+        try:
+            key = f"{cluster_settings.redis_key_prefix}:{hash_tag(USERS[0])}:closed-under-it"
+            await client.get(key)  # one connection to the key's node, now idle in its pool
+            node = client.get_node_from_key(key)
+            assert node is not None
+            (connection,) = node._free  # the node's idle connections
+            assert connection._writer is not None
+            connection._writer.transport.abort()  # as redis-py's disconnect does
+            await asyncio.sleep(0.05)  # the loop sees the transport closed
+            with pytest.raises(RedisConnectionError):
+                await client.get(key)
+            assert await client.get(key) is None  # the next command dials again
+        finally:
+            await client.aclose()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())

@@ -20,6 +20,9 @@ What keeps it correct:
   a command whose connection broke is sent once more, on a new connection: the per-request
   scripts may run twice (one request then counts twice against its limit), and a Redis
   restart between two requests costs no 503. A timeout is never retried.
+- A `READONLY` reply means the connection reaches a replica: a primary demoted behind the same
+  address (see `failover.py`). The connection is closed as if broken, and its commands, which a
+  replica cannot have run, are sent once more on a new connection, to the new primary.
 - At most `max_in_flight` commands wait at once. Past that, a call fails at once instead of
   queueing without bound while Redis is stalled.
 
@@ -45,12 +48,13 @@ from redis.exceptions import (
     InvalidResponse,
     NoScriptError,
     OutOfMemoryError,
-    ReadOnlyError,
     RedisError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .failover import DemotedError
 
 Arg = str | bytes | int
 
@@ -60,7 +64,7 @@ ERRORS_BY_CODE: dict[str, type[RedisError]] = {
     "WRONGPASS": AuthenticationError,
     "NOAUTH": AuthenticationError,
     "OOM": OutOfMemoryError,
-    "READONLY": ReadOnlyError,
+    "READONLY": DemotedError,  # a ReadOnlyError that also closes the connection
     "LOADING": BusyLoadingError,
 }
 
@@ -109,6 +113,11 @@ class Connection(asyncio.Protocol):
                 if not self._waiting:
                     raise InvalidResponse("a reply to no command")
                 waiter, _ = self._waiting.popleft()
+                if isinstance(reply, DemotedError):  # whether or not its caller still waits
+                    if not waiter.done():
+                        waiter.set_exception(reply)
+                    self.close(BrokenConnectionError, "the connection reached a replica")
+                    return
                 if waiter.done():  # its caller gave up: the reply goes nowhere
                     continue
                 if isinstance(reply, RedisError):
@@ -206,10 +215,11 @@ class MultiplexedRedis:
         return Script(self, source)
 
     async def execute(self, command: bytes) -> Any:
-        """Send one packed command and return its reply; once more if the connection broke."""
+        """Send one packed command and return its reply; once more if the connection broke or
+        reached a replica."""
         try:
             return await self._send(command)
-        except BrokenConnectionError:
+        except (BrokenConnectionError, DemotedError):
             return await self._send(command)
 
     async def _send(self, command: bytes) -> Any:

@@ -10,6 +10,10 @@ would make a request wait many seconds on a stalled Redis; here a call either an
 node and the client discovers the rest. Every script touches the keys of one `{hash tag}` only,
 so each call goes to the one node that owns that slot. For failover without a cluster, point
 `APP_REDIS_URL` at a managed Redis endpoint that follows its primary (see the README).
+
+What each client does when a primary fails over is in `failover.py`: a connection answered
+`READONLY` is dropped and the command sent once more on a new one; on a cluster, a write to a
+connection closed under it is a `ConnectionError`, never an `AttributeError` or `RuntimeError`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from .failover import CheckWriter, DemotedError, DropOnReadOnly, with_mixin
 from .multiplex import MultiplexedRedis
 from .settings import Settings
 
@@ -49,16 +55,22 @@ def create_redis(settings: Settings) -> RedisClient:
     if settings.redis_cluster:
         return create_cluster_client(settings)
     timeout = settings.redis_timeout_seconds
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
+    options: dict[str, Any] = dict(parse_url(settings.redis_url))  # as `from_url` reads it
+    # TCP, TLS or a Unix socket, as the URL says, closing itself on a READONLY reply.
+    options["connection_class"] = with_mixin(
+        DropOnReadOnly, options.get("connection_class", Connection)
+    )
+    pool = BlockingConnectionPool(
+        **options,
         max_connections=settings.redis_max_connections,
         timeout=timeout,  # waiting for a free connection
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
-        # One immediate retry on a broken connection (e.g. after a Redis restart); a timeout
-        # is not retried, so a stalled Redis costs one timeout, not several.
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        # One immediate retry on a broken connection (e.g. after a Redis restart) or one that
+        # reached a demoted primary (READONLY: nothing was written); a timeout is not retried,
+        # so a stalled Redis costs one timeout, not several.
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError, DemotedError)),
     )
     return Redis(connection_pool=pool)
 
@@ -77,6 +89,23 @@ class ClusterClient(RedisCluster):
         super().__init__(*args, **kwargs)
         self._permits = asyncio.Semaphore(kwargs["max_connections"])
         self._wait_timeout = wait_timeout
+        self._check_writers()
+
+    def _check_writers(self) -> None:
+        """Make every node's connections `CheckWriter`s (see `failover.py`).
+
+        RedisCluster takes no connection class: it picks TCP or TLS itself and hands it to each
+        node, through the keyword arguments it shares with its node manager (for the nodes it
+        discovers) and to the nodes it was given at start (none has a connection yet). Both
+        are changed here, before any connection is made; if a redis-py release moves them, the
+        client refuses to start rather than run without the check.
+        """
+        shared = self.nodes_manager.connection_kwargs
+        if shared is not self.connection_kwargs or "connection_class" not in shared:
+            raise TypeError("redis-py's cluster client no longer shares its connection class")
+        shared["connection_class"] = with_mixin(CheckWriter, shared["connection_class"])
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = shared["connection_class"]
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
         async with asyncio.timeout(self._wait_timeout):
