@@ -88,6 +88,10 @@ class BrokenConnectionError(RedisConnectionError):
     """The connection closed or went wrong while the command waited for its reply."""
 
 
+# A command that met either was never run by a primary: sending it once more is safe.
+SEND_AGAIN_ERRORS = (BrokenConnectionError, DemotedError)
+
+
 class Connection(asyncio.Protocol):
     """One connection, and the futures of its unanswered commands, oldest first."""
 
@@ -219,7 +223,7 @@ class MultiplexedRedis:
         reached a replica."""
         try:
             return await self._send(command)
-        except (BrokenConnectionError, DemotedError):
+        except SEND_AGAIN_ERRORS:
             return await self._send(command)
 
     async def _send(self, command: bytes) -> Any:
