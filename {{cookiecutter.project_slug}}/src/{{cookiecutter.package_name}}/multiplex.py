@@ -88,7 +88,7 @@ class BrokenConnectionError(RedisConnectionError):
     """The connection closed or went wrong while the command waited for its reply."""
 
 
-# A command that met either was never run by a primary: sending it once more is safe.
+# The connection broke, or reached a replica: `execute` sends the command once more, anew.
 SEND_AGAIN_ERRORS = (BrokenConnectionError, DemotedError)
 
 
