@@ -833,3 +833,41 @@ def test_rolling_deploy_behind_the_proxy_fails_no_request(stack: Stack) -> None:
         (event["Actor"]["Attributes"]["exitCode"], event["id"] in old_ids) for event in died
     )
     assert exits == [("0", True)] * 3, died  # the old ones, each by itself after its drain
+
+
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], ids=["HS256"], indirect=True
+)
+def test_a_redis_restart_logs_everyone_out_and_the_app_carries_on(stack: Stack) -> None:
+    """`docker compose restart redis` (compose.yaml's single Redis, no persistence): Redis
+    comes back empty, so every access and refresh token gets 401 and everyone logs in again,
+    as the README says; users (on their volume) are still there, and the app carries on
+    without a restart of its own (same container, no restart counted, ready again)."""
+    stack.run("up", "-d", "--build")
+    stack.wait_until_healthy()
+    stack.create_user("alice", "read")
+    pair = stack.login("alice").json()
+    assert me_status(stack, pair["access_token"]) == 200
+    (app_before,) = stack.containers("app")
+
+    stack.run("restart", "redis")
+    stack.wait_until_healthy("redis")
+    deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
+    while httpx.get(f"{stack.base_url}/health/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.5)
+
+    assert me_status(stack, pair["access_token"]) == 401  # the session went with Redis
+    refresh = httpx.post(
+        f"{stack.base_url}/auth/refresh",
+        json={"refresh_token": pair["refresh_token"]},
+        timeout=30,
+    )
+    assert refresh.status_code == 401
+    again = stack.login("alice")
+    assert again.status_code == 200, again.text
+    assert me_status(stack, again.json()["access_token"]) == 200
+    (app_after,) = stack.containers("app")
+    assert app_after["Id"] == app_before["Id"]
+    assert app_after["RestartCount"] == 0
+    assert app_after["State"]["StartedAt"] == app_before["State"]["StartedAt"]
