@@ -10,14 +10,15 @@ package (Compose v2.26, a static Go binary that runs on bookworm) is fetched onc
 Debian's signed index and put where every docker client looks for plugins.
 
 Where no container registry can be reached, each base image the generated project names
-(`python:3.14-slim`, `redis:7.4-alpine`, `nginx:1.27-alpine`) is replaced by a *stand-in*: an
+(`python:3.14-slim`, `redis:7.4-alpine`, `nginx:1.30-alpine`) is replaced by a *stand-in*: an
 image built from Debian's own packages on a minimal Debian root file system (made with
 debootstrap, by `tools.roots`) and tagged with the real image's name. A `python:X.Y-slim`
-stand-in is built on the Debian release whose python3 is X.Y (`PYTHON_SUITES`); the others on
-bookworm. Every stand-in carries the label
-`STAND_IN_LABEL`, whose value is a digest of the recipe it was built from, so a later run can
-tell a stand-in from the real image and rebuild one whose recipe has changed. Images stay in the
-daemon's storage, so a machine builds each stand-in once.
+stand-in is built on the Debian release whose python3 is X.Y (`PYTHON_SUITES`), an
+`nginx:X.Y-*` one on the release whose nginx is X.Y (`NGINX_SUITES`), each checked to be that
+version; redis on bookworm. Every stand-in carries the label `STAND_IN_LABEL`, whose value is a
+digest of the recipe it was built from, so a later run can tell a stand-in from the real image
+and rebuild one whose recipe has changed. Images stay in the daemon's storage, so a machine
+builds each stand-in once.
 
 Every failure is raised as `DockerUnavailable`; when a command failed it is the subclass
 `CommandFailed`, whose message ends with the last lines the command printed.
@@ -56,6 +57,10 @@ BASE_REPOSITORY = "fastapi-jwt-redis-template/stand-in-base"  # tagged with the 
 DEBIAN_SUITE = "bookworm"  # the release under the stand-ins that do not depend on a Python
 # The Debian release whose python3 is each version a python stand-in can be made for.
 PYTHON_SUITES = {"3.11": "bookworm", "3.14": "sid"}
+# The Debian release whose nginx is each major.minor an nginx stand-in can be made for: 1.30
+# (a stable branch, and the first with `resolve` on upstream servers that a Debian release
+# ships) from sid.
+NGINX_SUITES = {"1.30": "sid"}
 # Part of each base image's label value; change it whenever the way a base is made changes,
 # and the bases and every stand-in on them are rebuilt.
 BASE_REVISION = 3
@@ -577,7 +582,7 @@ def _stand_in_recipe(image: str) -> _Recipe:
     if repository == "redis":
         return _redis_recipe()
     if repository == "nginx":
-        return _nginx_recipe()
+        return _nginx_recipe(tag)
     raise DockerUnavailable(f"there is no stand-in recipe for {image}")
 
 
@@ -681,25 +686,36 @@ server {
 """
 
 
-def _nginx_recipe() -> _Recipe:
-    """nginx from Debian's package: logs to stdout/stderr, sites in conf.d/, in the foreground."""
+def _nginx_recipe(tag: str) -> _Recipe:
+    """nginx:X.Y-* from the nginx of the Debian release whose nginx is X.Y: logs to
+    stdout/stderr, sites in conf.d/, in the foreground. The build fails if that release's nginx
+    is no longer X.Y, so the stand-in never claims a version it is not."""
+    version = re.match(r"(\d+\.\d+)(?:[.-]|$)", tag)
+    suite = None if version is None else NGINX_SUITES.get(version[1])
+    if suite is None:
+        offered = ", ".join(f"{v} (Debian {s})" for v, s in NGINX_SUITES.items())
+        raise DockerUnavailable(
+            f"a stand-in for nginx exists only for {offered}, not for nginx:{tag}"
+        )
     install = _apt_install_step("nginx")
+    check_version = f"nginx -v 2>&1 | grep -q 'nginx/{re.escape(version[1])}\\.'"
     dockerfile = textwrap.dedent(
         f"""\
-        FROM {_base_tag(DEBIAN_SUITE)}
+        FROM {_base_tag(suite)}
         RUN {install} \\
             && rm -f /etc/nginx/sites-enabled/default \\
             && ln -sf /dev/stdout /var/log/nginx/access.log \\
             && ln -sf /dev/stderr /var/log/nginx/error.log \\
             && grep -q 'include /etc/nginx/conf.d/\\*.conf;' /etc/nginx/nginx.conf \\
-            && test -f /usr/share/nginx/html/index.html
+            && test -f /usr/share/nginx/html/index.html \\
+            && {check_version}
         COPY default.conf /etc/nginx/conf.d/default.conf
         EXPOSE 80
         STOPSIGNAL SIGQUIT
         CMD ["nginx", "-g", "daemon off;"]
         """
     )
-    return _Recipe(DEBIAN_SUITE, dockerfile, {"default.conf": _NGINX_DEFAULT_SITE})
+    return _Recipe(suite, dockerfile, {"default.conf": _NGINX_DEFAULT_SITE})
 
 
 def _build_stand_in(docker: str, image: str, recipe: _Recipe, workdir: Path) -> None:

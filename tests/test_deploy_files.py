@@ -240,7 +240,7 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     assert dynamic.subnet_of(subnet)
     assert proxy_address not in dynamic
     nginx = (project / "deploy" / "nginx.conf").read_text()
-    assert "server app:8000;" in nginx
+    assert "server app:8000 resolve;" in nginx
     assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
     # /metrics is scraped from each replica inside, never published through the proxy.
     assert re.search(r"location = /metrics \{\s*return 404;\s*\}", nginx)
@@ -261,6 +261,61 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
         for name in set(single["environment"]) | set(app["environment"])
         if single["environment"].get(name) != app["environment"].get(name)
     }
-    assert differing == {"APP_TRUSTED_PROXIES"}
+    # compose.yaml's single replica stops at once on SIGTERM; the replicas drain.
+    assert differing == {"APP_TRUSTED_PROXIES", "APP_SHUTDOWN_DRAIN_SECONDS"}
+    assert single["environment"]["APP_SHUTDOWN_DRAIN_SECONDS"] == "0"
     assert single["volumes"] == app["volumes"]
     assert single["depends_on"] == app["depends_on"]
+
+
+def seconds_of(pattern: str, text: str) -> float:
+    found = re.search(pattern, text, re.M)
+    assert found is not None, pattern
+    return float(found[1])
+
+
+def directives(nginx: str, name: str) -> list[str]:
+    """The directives of one `location` block of an nginx configuration (no nested blocks),
+    comments left out."""
+    found = re.search(r"location " + re.escape(name) + r" \{([^}]*)\}", nginx)
+    assert found is not None, name
+    text = re.sub(r"#[^\n]*", "", found[1])
+    return [" ".join(statement.split()) for statement in text.split(";") if statement.strip()]
+
+
+def test_scaled_compose_follows_replicas_and_lets_them_drain(project: Path) -> None:
+    """What a rolling deploy needs (the Docker tests run one): nginx re-resolves the replicas
+    through Docker's DNS (a version that has `resolve`), passes failed attempts to the next
+    replica (POSTs only on /auth/, and never after a 503), the app drains longer than nginx
+    keeps an idle connection, and Docker waits for the drain and the graceful shutdown."""
+    config = compose_config(project, "compose.scale.yaml")
+    proxy, app = config["services"]["proxy"], config["services"]["app"]
+    nginx = (project / "deploy" / "nginx.conf").read_text()
+    upstream = re.search(r"upstream app \{([^}]*)\}", nginx)
+    assert upstream is not None
+    assert re.search(r"^\s*zone app \d+k;", upstream[1], re.M)
+    assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=1s ipv6=off;", upstream[1], re.M)
+    assert re.search(r"^\s*server app:8000 resolve;", upstream[1], re.M)
+    assert re.search(r"^\s*keepalive \d+;", upstream[1], re.M)
+    version = re.fullmatch(r"nginx:(\d+)\.(\d+)(?:\.(\d+))?-alpine", proxy["image"])
+    assert version is not None, proxy["image"]
+    major, minor, patch = (int(part or 0) for part in version.groups())
+    assert (major, minor, patch) >= (1, 27, 3)  # open-source nginx's `resolve` on upstreams
+
+    assert directives(nginx, "/") == [
+        "proxy_pass http://app",
+        "proxy_next_upstream error timeout http_503",
+    ]
+    assert directives(nginx, "/auth/") == [
+        "proxy_pass http://app",
+        "proxy_next_upstream error timeout non_idempotent",
+    ]
+
+    package = next((project / "src").glob("*/cli.py")).parent
+    settings = (package / "settings.py").read_text()
+    cli = (package / "cli.py").read_text()
+    drain = seconds_of(r"shutdown_drain_seconds: float = Field\(default=(\d+)", settings)
+    graceful = seconds_of(r"^GRACEFUL_SHUTDOWN_SECONDS = (\d+)", cli)
+    assert "APP_SHUTDOWN_DRAIN_SECONDS" not in app["environment"]  # the default
+    assert drain > seconds_of(r"keepalive_timeout (\d+)s;", nginx)
+    assert seconds_of(r"^(\d+)s$", app["stop_grace_period"]) >= drain + graceful + 1

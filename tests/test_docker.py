@@ -20,8 +20,11 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -639,3 +642,241 @@ def test_compose_v2_accepts_each_compose_file_and_refuses_what_it_does_not_know(
     refused = config("misspelt.yaml")
     assert refused.returncode != 0
     assert "depends_on.redis.condition" in refused.stderr, refused.stderr  # names the field
+
+
+# The rolling deploy: steady traffic through nginx while the README's commands replace each
+# replica with one built from changed code.
+ME_CLIENTS = 4  # threads asking GET /me, each with its own login and connection to nginx
+DEPLOY_TIMEOUT = 900.0  # a guard against hanging, not a budget
+SERVED_WITHIN_SECONDS = 120.0  # likewise: each new replica serves a /me once it is healthy
+
+
+def readme_commands(project: Path, section: str) -> str:
+    """The first `sh` block of a README section, exactly as a user would copy it."""
+    readme = (project / "README.md").read_text()
+    start = readme.index(f"\n### {section}\n")
+    end = readme.find("\n#", start + 1)
+    block = re.search(r"```sh\n(.*?)```", readme[start : end if end != -1 else None], re.S)
+    assert block is not None, f"no sh block in the README's {section!r}"
+    return block[1]
+
+
+@dataclass
+class Traffic:
+    """Requests sent from threads until `stop` is set; every answer (or exception) recorded."""
+
+    base_url: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    slowest: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def record(self, what: str, outcome: str, seconds: float) -> None:
+        with self.lock:
+            self.answers[what, outcome] += 1
+            self.slowest = max(self.slowest, seconds)
+
+    def send(self, what: str, request: Callable[[], httpx.Response]) -> httpx.Response | None:
+        started = time.monotonic()
+        try:
+            response = request()
+        except httpx.HTTPError as error:
+            self.record(what, type(error).__name__, time.monotonic() - started)
+            return None
+        self.record(what, str(response.status_code), time.monotonic() - started)
+        return response
+
+    def start(self, loop: Callable[[httpx.Client], None]) -> None:
+        def run() -> None:
+            with httpx.Client(base_url=self.base_url, timeout=60) as client:
+                while not self.stop.is_set():
+                    loop(client)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+
+    def failures(self) -> dict[tuple[str, str], int]:
+        """Every answer other than a 2xx or a 429 (a rate limit doing its job)."""
+        return {
+            key: count
+            for key, count in self.answers.items()
+            if not (key[1].isdigit() and (key[1].startswith("2") or key[1] == "429"))
+        }
+
+
+def login_form(name: str) -> dict[str, str]:
+    return {"username": name, "password": PASSWORD}
+
+
+def steady_traffic(stack: Stack, asker: str, login_user: str, refresher: str) -> Traffic:
+    """`ME_CLIENTS` threads asking /me as `asker`, one logging in as `login_user` over and over,
+    one refreshing a pair of `refresher`'s over and over (each refresh spends the token before
+    it). Three users: a user's 21st login ends its oldest session (APP_MAX_SESSIONS_PER_USER),
+    which would end the sessions of the others' tokens."""
+    traffic = Traffic(stack.base_url)
+
+    def asking_me(bearer: dict[str, str]) -> Callable[[httpx.Client], None]:
+        def ask(client: httpx.Client) -> None:
+            traffic.send("GET /me", lambda: client.get("/me", headers=bearer))
+
+        return ask
+
+    for _ in range(ME_CLIENTS):
+        login = stack.login(asker)
+        assert login.status_code == 200, login.text
+        traffic.start(asking_me({"Authorization": f"Bearer {login.json()['access_token']}"}))
+
+    def log_in(client: httpx.Client) -> None:
+        traffic.send(
+            "POST /auth/token", lambda: client.post("/auth/token", data=login_form(login_user))
+        )
+        time.sleep(0.2)  # argon2 is meant to be slow: a login every 0.2 s is plenty
+
+    traffic.start(log_in)
+    first = stack.login(refresher)
+    assert first.status_code == 200, first.text
+    refresh_token = [first.json()["refresh_token"]]
+
+    def refresh(client: httpx.Client) -> None:
+        response = traffic.send(
+            "POST /auth/refresh",
+            lambda: client.post("/auth/refresh", json={"refresh_token": refresh_token[0]}),
+        )
+        if response is not None and response.status_code == 200:
+            refresh_token[0] = response.json()["refresh_token"]
+        elif response is not None:  # the chain is broken; a fresh one keeps the load steady
+            again = stack.login(refresher)
+            if again.status_code == 200:
+                refresh_token[0] = again.json()["refresh_token"]
+        time.sleep(0.05)
+
+    traffic.start(refresh)
+    return traffic
+
+
+def served_me(container_id: str) -> bool:
+    """Whether a container's log has a request line of a GET /me answered 200."""
+    logs = subprocess.run(
+        ["docker", "logs", container_id], capture_output=True, text=True, timeout=60, check=False
+    )
+    lines = (logs.stdout + logs.stderr).splitlines()
+    return any(is_request_line(line.strip(), "GET", "/me", 200) for line in lines)
+
+
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "HS256"}, "compose.scale.yaml")], ids=["HS256"], indirect=True
+)
+def test_rolling_deploy_behind_the_proxy_fails_no_request(stack: Stack) -> None:
+    """Three replicas behind nginx under steady traffic (/me from several clients, logins,
+    refreshes); the code changes and the README's "Deploying a new version" commands replace
+    each replica with one built from it. Every answer is a 2xx or a 429 (no 5xx, no
+    connection error), each old replica stopped by itself with status 0 after draining (none
+    was killed), and each new replica, on the new image, serves."""
+    with (stack.project / ".env").open("a") as env:  # limits far above the test's traffic
+        env.write("APP_RATE_LIMIT=100000/minute\nAPP_LOGIN_RATE_LIMIT=100000/minute\n")
+    stack.run("up", "-d", "--build", "--scale", "app=3")
+    stack.wait_until_healthy(replicas=3)
+    wait_for_proxy(stack)
+    for name in ("alice", "bob", "carol"):
+        stack.create_user(name, "read", "--index", "1")
+    old_ids = {container["Id"] for container in stack.containers("app")}
+    old_image = {container["Image"] for container in stack.containers("app")}
+    module = stack.project / "src" / stack.package / "__init__.py"
+    module.write_text(module.read_text() + "# The new version.\n")
+    commands = readme_commands(stack.project, "Deploying a new version")
+
+    events = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}",
+         "--filter", f"label=com.docker.compose.project={stack.name}",
+         "--filter", "type=container", "--filter", "event=die"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    traffic = steady_traffic(stack, asker="alice", login_user="bob", refresher="carol")
+    try:
+        time.sleep(2)  # traffic before the deploy too
+        started = time.monotonic()
+        deploy = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", commands],
+            cwd=stack.project, env={**stack.env, "COMPOSE_PROJECT_NAME": stack.name},
+            capture_output=True, text=True, timeout=DEPLOY_TIMEOUT, check=False,
+        )  # fmt: skip
+        deployed_in = time.monotonic() - started
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr + stack.logs()
+        new = stack.containers("app")
+        deadline = time.monotonic() + SERVED_WITHIN_SECONDS
+        unserved = {container["Id"] for container in new}
+        while unserved and time.monotonic() < deadline:
+            unserved = {id_ for id_ in unserved if not served_me(id_)}
+            time.sleep(1)
+    finally:
+        traffic.finish()
+        events.terminate()
+        died = [json.loads(line) for line in events.communicate(timeout=60)[0].splitlines()]
+
+    total = sum(traffic.answers.values())
+    print(
+        f"\nrolling deploy of 3 replicas: {deployed_in:.0f} s; {total} requests, "
+        f"slowest {traffic.slowest:.2f} s; answers: "
+        + ", ".join(
+            f"{what} {outcome}: {n}" for (what, outcome), n in sorted(traffic.answers.items())
+        )
+    )
+    assert traffic.failures() == {}, traffic.answers
+    assert {what for what, _ in traffic.answers} == {
+        "GET /me",
+        "POST /auth/token",
+        "POST /auth/refresh",
+    }
+    assert len(new) == 3
+    assert not {container["Id"] for container in new} & old_ids  # every replica was replaced
+    assert not {container["Image"] for container in new} & old_image  # by the new version
+    assert unserved == set(), "new replicas that served no /me"
+    exits = sorted(
+        (event["Actor"]["Attributes"]["exitCode"], event["id"] in old_ids) for event in died
+    )
+    assert exits == [("0", True)] * 3, died  # the old ones, each by itself after its drain
+
+
+@pytest.mark.parametrize(
+    "stack", [({"jwt_algorithm": "HS256"}, "compose.yaml")], ids=["HS256"], indirect=True
+)
+def test_a_redis_restart_logs_everyone_out_and_the_app_carries_on(stack: Stack) -> None:
+    """`docker compose restart redis` (compose.yaml's single Redis, no persistence): Redis
+    comes back empty, so every access and refresh token gets 401 and everyone logs in again,
+    as the README says; users (on their volume) are still there, and the app carries on
+    without a restart of its own (same container, no restart counted, ready again)."""
+    stack.run("up", "-d", "--build")
+    stack.wait_until_healthy()
+    stack.create_user("alice", "read")
+    pair = stack.login("alice").json()
+    assert me_status(stack, pair["access_token"]) == 200
+    (app_before,) = stack.containers("app")
+
+    stack.run("restart", "redis")
+    stack.wait_until_healthy("redis")
+    deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
+    while httpx.get(f"{stack.base_url}/health/ready", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.5)
+
+    assert me_status(stack, pair["access_token"]) == 401  # the session went with Redis
+    refresh = httpx.post(
+        f"{stack.base_url}/auth/refresh",
+        json={"refresh_token": pair["refresh_token"]},
+        timeout=30,
+    )
+    assert refresh.status_code == 401
+    again = stack.login("alice")
+    assert again.status_code == 200, again.text
+    assert me_status(stack, again.json()["access_token"]) == 200
+    (app_after,) = stack.containers("app")
+    assert app_after["Id"] == app_before["Id"]
+    assert app_after["RestartCount"] == 0
+    assert app_after["State"]["StartedAt"] == app_before["State"]["StartedAt"]

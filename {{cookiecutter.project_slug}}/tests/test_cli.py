@@ -30,6 +30,9 @@ def service_environment(redis_url: str, key_files: dict[str, Path], **extra: str
         APP_JWT_SECRET="a-test-secret-of-more-than-thirty-two-bytes-0123456789",
         APP_JWT_PRIVATE_KEY_FILE=str(key_files["private"]),
         APP_JWT_PUBLIC_KEY_FILE=str(key_files["public"]),
+        # SIGTERM stops at once: these tests are about other things, and test_processes.py
+        # tests the drain (APP_SHUTDOWN_DRAIN_SECONDS) on its own.
+        APP_SHUTDOWN_DRAIN_SECONDS="0",
     )
     env.update(extra)
     return env

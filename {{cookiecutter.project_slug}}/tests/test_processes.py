@@ -392,3 +392,78 @@ def test_workers_slower_to_start_than_uvicorns_own_healthcheck_are_kept(
     output, _ = service.process.communicate()
     assert service.process.returncode == 0, output
     assert "died" not in output, output
+
+
+# Long enough that nothing below depends on the machine's speed; a second SIGTERM ends it.
+LONG_DRAIN_SECONDS = 300
+SHORT_DRAIN_SECONDS = 1
+DRAIN_STARTED = "SIGTERM: draining for"  # shutdown.py's line, once per serving process
+
+
+def test_sigterm_drains_readiness_503_while_requests_are_still_served(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGTERM: readiness answers 503 at once, while /me and liveness are still answered, each
+    answer with `Connection: close` (a proxy keeps no idle connection to a process about to
+    stop). A second SIGTERM ends the drain at once: exit 0, long before it would have ended."""
+    settings = make_settings(
+        redis_url, key_files, users_file=tmp_path / "users.json", rate_limit="1000/minute"
+    )
+    drain = {"APP_SHUTDOWN_DRAIN_SECONDS": str(LONG_DRAIN_SECONDS)}
+    with logged_service(settings, redis_url, key_files, tmp_path, **drain) as (service, log):
+        token = service.login(new_user(settings))["access_token"]
+        with httpx.Client(base_url=service.url, timeout=10) as http:
+            before = http.get("/me", headers=bearer(token))
+            assert before.status_code == 200
+            assert before.headers.get("connection") != "close"  # kept alive until the drain
+            service.process.send_signal(signal.SIGTERM)
+            poll(lambda: http.get("/health/ready").status_code == 503, "readiness turning 503")
+            during = [http.get("/me", headers=bearer(token)) for _ in range(5)]
+            live = http.get("/health/live")
+        assert [response.status_code for response in during] == [200] * 5
+        assert [response.headers["connection"] for response in during] == ["close"] * 5
+        assert live.status_code == 200
+        assert service.process.poll() is None  # still serving, still draining
+        assert log.read_text().count(DRAIN_STARTED) == 1
+
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=STOP_SECONDS * 6)  # far less than the drain
+        output = log.read_text()
+    assert service.process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "Application shutdown complete" in output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_by_itself_once_the_drain_is_over(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path, workers: str
+) -> None:
+    """After the drain, uvicorn's graceful shutdown runs and the process exits 0 by itself, no
+    sooner than the drain's length after SIGTERM; with workers, each of them drains."""
+    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
+    log = tmp_path / "service.log"
+    with log.open("w") as output:
+        environment = {
+            **environment_for(settings, redis_url, key_files),
+            "APP_SHUTDOWN_DRAIN_SECONDS": str(SHORT_DRAIN_SECONDS),
+        }
+        service = start_service(environment, tmp_path, "--workers", workers, output=output)
+    try:
+        wait_until_ready(service)
+        if workers != "1":  # every worker has started (each logs its startup)
+            poll(
+                lambda: log.read_text().count("Application startup complete") == int(workers),
+                "every worker started",
+            )
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        service.process.wait(timeout=SHORT_DRAIN_SECONDS + STOP_SECONDS * 6)
+        stopped_after = time.monotonic() - signalled
+    finally:
+        kill(service)
+    text = log.read_text()
+    assert service.process.returncode == 0, text
+    assert stopped_after >= SHORT_DRAIN_SECONDS
+    assert text.count(DRAIN_STARTED) == int(workers), text
+    assert text.count("Application shutdown complete") == int(workers), text
+    assert "Traceback" not in text

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
     from .server import EdgeLimits
 
+# After the drain (APP_SHUTDOWN_DRAIN_SECONDS, shutdown.py): how long requests in flight may take
+# to finish once the process stops accepting. compose.scale.yaml's `stop_grace_period` covers
+# both, so Docker never kills a replica that is still answering.
 GRACEFUL_SHUTDOWN_SECONDS = 10
 # With --workers, uvicorn's parent pings each worker and replaces one that has not answered in
 # this long. Its own 5 s also counts a worker's start: a CPU-starved container whose workers
@@ -87,8 +90,11 @@ def served_app() -> FastAPI:
     what requests made, instead of pausing a request for tens of milliseconds.
     """
     from .main import create_app  # here, so that `create-user` does not load the web stack
+    from .shutdown import drain_on_sigterm
 
     app = create_app()
+    # Now, not in `serve`: uvicorn has just installed its signal handlers, in this process.
+    drain_on_sigterm(app.state.drain, app.state.settings.shutdown_drain_seconds)
     gc.collect()  # today's garbage is freed, not frozen
     gc.freeze()
     return app

@@ -27,6 +27,7 @@ from .middleware import RequestLog
 from .outage import RedisOutage
 from .redis import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
+from .shutdown import Drain
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,12 @@ def create_app(
         openapi_url=docs.OPENAPI_URL if settings.serves_docs else None,
     )
     app.state.settings = settings
+    app.state.drain = Drain()  # started by SIGTERM under `serve` (see shutdown.py)
     app.state.users = users if users is not None else FileUserStore(settings.users_file)
     app.state.clients = clients if clients is not None else FileClientStore(settings.clients_file)
     install_error_handlers(app)
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
-    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies)
+    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies, drain=app.state.drain)
     if settings.serves_docs:
         docs.install_docs(app)
     app.include_router(health.router)

@@ -13,8 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics
 from .logs import PACKAGE, REQUEST_ID
 from .network import IPNetwork, client_address
+from .shutdown import Drain
 
 REQUEST_ID_HEADER = b"x-request-id"
+# While the process drains (shutdown.py), every answer closes its connection.
+CONNECTION_CLOSE = (b"connection", b"close")
 # Ids a client may choose: short, and nothing a log reader could mistake for structure.
 CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
@@ -40,11 +43,18 @@ class RequestLog:
     unlike a counter it tells a client nothing about how busy the service is. Either way it is
     sent back on the answer and held in `REQUEST_ID` while the request runs, for every line
     logged meanwhile; it is kept nowhere else.
+
+    While `drain` has started, every answer also carries `Connection: close` (the server then
+    closes the connection after it), so that a proxy keeps no idle connection to a process
+    that is about to stop.
     """
 
-    def __init__(self, app: ASGIApp, trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, trusted_proxies: tuple[IPNetwork, ...] = (), drain: Drain | None = None
+    ) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan, WebSocket: no request line, no id
@@ -68,6 +78,8 @@ class RequestLog:
                 status = message["status"]
                 # A new list: the app's may belong to a Response object that is sent again.
                 message["headers"] = [*message.get("headers", ()), header]
+                if self.drain.started:
+                    message["headers"].append(CONNECTION_CLOSE)
             await send(message)
 
         reset = REQUEST_ID.set(request_id.decode())

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # body): 1000 is about 100 MiB at worst, and `serve` makes sure the process may open that
     # many descriptors. Behind nginx the app sees far fewer (its upstream keeps 32 per replica).
     max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # After SIGTERM, how long `serve` keeps serving (readiness 503, `Connection: close`) before
+    # it stops accepting (shutdown.py): long enough for a balancer to stop choosing it. 5 s is
+    # longer than nginx keeps an idle upstream connection (deploy/nginx.conf, 4 s), so by then
+    # nginx holds none to this process; 0 stops at once, as a single process with nothing
+    # routing around it may.
+    shutdown_drain_seconds: float = Field(default=5, ge=0, le=300)
     # GET /metrics (Prometheus); on the app's port, so never publish that port beyond loopback.
     metrics: bool = True
     # /docs, /redoc and /openapi.json. None: on in development, off in production, where the

@@ -26,9 +26,11 @@ async def live() -> Response:
 @router.get("/ready", responses=errors.responses(503))
 @router.head("/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
-    """Ready to serve: Redis answers PING within the configured timeout (and, verifying a
-    remote issuer's tokens, its keys have been fetched)."""
+    """Ready to serve: not draining for a shutdown (SIGTERM), Redis answers PING within the
+    configured timeout, and (verifying a remote issuer's tokens) its keys have been fetched."""
     state = request.app.state
+    if state.drain.started:  # still serving, but a balancer should send its requests elsewhere
+        return errors.service_unavailable()
     remote_keys = getattr(state, "remote_keys", None)
     if remote_keys is not None and not remote_keys.ready:
         return errors.service_unavailable()
