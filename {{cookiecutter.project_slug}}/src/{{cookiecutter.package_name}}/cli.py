@@ -5,7 +5,6 @@ the service-account commands of `client_commands.py`."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import getpass
 import os
@@ -19,16 +18,16 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from . import audit
 from .auth.clients import FileClientStore
 from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_hasher
 from .auth.records import NameTakenError
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
+from .client_commands import add_client_commands
+from .commands import end_sessions, load_settings
 from .logs import log_config, log_to_stderr
-from .settings import Settings, get_settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -51,30 +50,6 @@ WORKER_HEALTHCHECK_SECONDS = 30
 KEEP_ALIVE_SECONDS = 5
 # prometheus-client's multiprocess mode: each worker writes its counts to files there.
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def describe(error: ValidationError) -> str:
-    """One line per bad setting, named as the user sets it; pydantic's copy of the input is left
-    out, so a rejected secret is never echoed."""
-    lines = []
-    for problem in error.errors(include_input=False, include_url=False):
-        field = "_".join(str(part) for part in problem["loc"])
-        message = problem["msg"].removeprefix("Value error, ")
-        if field:
-            lines.append(f"error: APP_{field.upper()}: {message}")
-        elif message.startswith("APP_"):  # a check across settings names its variable itself
-            lines.append(f"error: {message}")
-        else:
-            lines.append(f"error: settings: {message}")
-    return "\n".join(lines)
-
-
-def load_settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as error:
-        print(describe(error), file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -387,31 +362,6 @@ def change_user(
     return 0
 
 
-def end_sessions(command: str, settings: Settings, name: str, done: str) -> int | None:
-    """End every session of `name` with the script `POST /auth/logout-all` runs; how many were
-    alive. None, after one line saying what was `done` and what was not, when Redis does not
-    answer: the file has changed, and the command should be run again."""
-    from .auth.sessions import SessionStore
-    from .redis import close_redis, create_redis
-
-    async def revoke_all() -> int:
-        redis = create_redis(settings)
-        try:
-            return await SessionStore(redis, settings).revoke_all(name)
-        finally:
-            await close_redis(redis)
-
-    try:
-        return asyncio.run(revoke_all())
-    except (RedisError, OSError, TimeoutError) as error:
-        print(
-            f"error: {command}: {done}, but could not end their sessions: Redis did not answer "
-            f"({type(error).__name__}); run {command} again once it does",
-            file=sys.stderr,
-        )
-        return None
-
-
 def unknown_user(command: str, name: str, settings: Settings) -> int:
     print(f"error: {command}: no user named {name!r} in {settings.users_file}", file=sys.stderr)
     return 2
@@ -503,8 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="RS256/ES256: new signing key pair; the current public key becomes the previous one",
     )
     rotate_parser.set_defaults(handler=rotate_keys)
-
-    from .client_commands import add_client_commands  # it imports this module's helpers
 
     add_client_commands(commands)
     return parser

@@ -20,7 +20,7 @@ from .auth.clients import CLIENT_NAME_PATTERN, Client, FileClientStore, new_secr
 from .auth.passwords import password_hasher
 from .auth.records import NameTakenError
 from .auth.users import SCOPE_PATTERN, FileUserStore
-from .cli import end_sessions, load_settings
+from .commands import end_sessions, load_settings
 from .logs import log_to_stderr
 from .settings import Settings
 
