@@ -25,7 +25,7 @@ from .auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, password_h
 from .auth.records import NameTakenError
 from .auth.users import SCOPE_PATTERN, USERNAME_PATTERN, FileUserStore, User
 from .client_commands import add_client_commands
-from .commands import end_sessions, load_settings
+from .commands import end_sessions, load_settings, print_records
 from .logs import log_config, log_to_stderr
 from .settings import Settings
 
@@ -225,14 +225,7 @@ def list_users(args: argparse.Namespace) -> int:
         users = FileUserStore(settings.users_file).read_all()
     except (OSError, ValueError) as error:
         return unreadable("list-users", settings, error)
-    if not users:
-        print(f"no users in {settings.users_file}")
-        return 0
-    width = max(len("NAME"), *(len(name) for name in users))
-    print(f"{'NAME':<{width}}  STATE     SCOPES")
-    for name, user in sorted(users.items()):
-        state = "disabled" if user.disabled else "enabled"
-        print(f"{name:<{width}}  {state:<8}  {' '.join(sorted(user.scopes)) or '(none)'}")
+    print_records(users, settings.users_file, "users")
     return 0
 
 

@@ -20,7 +20,7 @@ from .auth.clients import CLIENT_NAME_PATTERN, Client, FileClientStore, new_secr
 from .auth.passwords import password_hasher
 from .auth.records import NameTakenError
 from .auth.users import SCOPE_PATTERN, FileUserStore
-from .commands import end_sessions, load_settings
+from .commands import end_sessions, load_settings, print_records
 from .logs import log_to_stderr
 from .settings import Settings
 
@@ -90,14 +90,7 @@ def list_clients(args: argparse.Namespace) -> int:
         clients = FileClientStore(settings.clients_file).read_all()
     except (OSError, ValueError) as error:
         return unreadable("list-clients", settings, error)
-    if not clients:
-        print(f"no clients in {settings.clients_file}")
-        return 0
-    width = max(len("NAME"), *(len(name) for name in clients))
-    print(f"{'NAME':<{width}}  STATE     SCOPES")
-    for name, client in sorted(clients.items()):
-        state = "disabled" if client.disabled else "enabled"
-        print(f"{name:<{width}}  {state:<8}  {' '.join(sorted(client.scopes)) or '(none)'}")
+    print_records(clients, settings.clients_file, "clients")
     return 0
 
 

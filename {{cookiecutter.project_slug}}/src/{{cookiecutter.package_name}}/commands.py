@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from .settings import Settings, get_settings
+
+
+class Listed(Protocol):
+    """What `list-users` and `list-clients` show of a record: never its hash."""
+
+    @property
+    def scopes(self) -> frozenset[str]: ...
+
+    @property
+    def disabled(self) -> bool: ...
 
 
 def describe(error: ValidationError) -> str:
@@ -60,3 +73,15 @@ def end_sessions(command: str, settings: Settings, name: str, done: str) -> int 
             file=sys.stderr,
         )
         return None
+
+
+def print_records(records: Mapping[str, Listed], file: Path, kind: str) -> None:
+    """One line per record, sorted by name: its name, state and scopes."""
+    if not records:
+        print(f"no {kind} in {file}")
+        return
+    width = max(len("NAME"), *(len(name) for name in records))
+    print(f"{'NAME':<{width}}  STATE     SCOPES")
+    for name, record in sorted(records.items()):
+        state = "disabled" if record.disabled else "enabled"
+        print(f"{name:<{width}}  {state:<8}  {' '.join(sorted(record.scopes)) or '(none)'}")
