@@ -175,7 +175,9 @@ def public_client_only(request: Request, presented: Presented) -> None:
     """The password and refresh grants are the public client's: any other id, or a secret, is
     `invalid_client` (see the module's docstring)."""
     public = request.app.state.settings.public_client_id
-    if presented.client_id not in (None, public) or presented.secret:
+    # An empty id is no client at all, so the public one: Swagger UI's password flow sends
+    # `Authorization: Basic` of an empty id and secret when its client fields are left blank.
+    if presented.client_id not in (None, "", public) or presented.secret:
         raise errors.invalid_client()
 
 
