@@ -257,8 +257,9 @@ def serve(
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # so that `Service.kill` takes its workers too
         )
-    service = Service(process, f"http://127.0.0.1:{port}")
+    service = Service(process, f"http://127.0.0.1:{port}", own_group=True)
     wait_until_ready(service)
     return service
 

@@ -44,15 +44,18 @@ IN_FLIGHT = 24
 class Service:
     process: subprocess.Popen[str]
     url: str
+    own_group: bool = False  # started in a session of its own (start_service)
 
     def kill(self) -> None:
-        """SIGKILL to `serve` and every process it started (its workers): a worker left behind
-        would hold the output pipe open, and reading it to the end would never return."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: start_service
+        """SIGKILL to `serve`, and when it leads its own process group, to every process it
+        started (its workers): a worker left behind would hold the output pipe open, and
+        reading that to the end would never return."""
+        if self.own_group:
+            with suppress(ProcessLookupError):  # every member has exited already
+                os.killpg(self.process.pid, signal.SIGKILL)
+        elif self.process.poll() is None:
+            self.process.kill()
         self.process.wait()
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # workers that outlived it
 
     def get(self, path: str, token: str) -> httpx.Response:
         return httpx.get(self.url + path, headers=bearer(token), timeout=10)
@@ -92,7 +95,7 @@ def start_service(
         text=True,
         start_new_session=True,  # a process group of its own, for `Service.kill`
     )
-    return Service(process, f"http://127.0.0.1:{port}")
+    return Service(process, f"http://127.0.0.1:{port}", own_group=True)
 
 
 def wait_until_ready(service: Service) -> None:
