@@ -103,8 +103,8 @@ def wait_until_ready(service: Service) -> None:
         response = wait_for(f"{service.url}/health/ready", service.process)
     except AssertionError:
         service.kill()
-        output = service.process.stdout.read() if service.process.stdout else ""
-        raise AssertionError(f"the service did not start:\n{output}") from None
+        output, _ = service.process.communicate()  # read to the end, and closed
+        raise AssertionError(f"the service did not start:\n{output or ''}") from None
     assert response.status_code == 200, response.text
 
 
