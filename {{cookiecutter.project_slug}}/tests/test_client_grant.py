@@ -26,9 +26,10 @@ from redis import Redis
 from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.auth.clients import Client
 from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
-from {{ cookiecutter.package_name }}.auth.sessions import hash_tag, new_refresh_token
+from {{ cookiecutter.package_name }}.auth.sessions import new_refresh_token
 from {{ cookiecutter.package_name }}.auth.tokens import LEEWAY_SECONDS
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.redis import hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running

@@ -30,12 +30,11 @@ from fastapi import Request, Response
 from redis.exceptions import RedisError
 
 from . import errors, metrics, scripts
-from .auth.sessions import hash_tag
 from .multiplex import MultiplexedRedis
 from .network import client_address
 from .outage import RedisOutage
 from .ratelimit import Decision, Rate
-from .redis import RedisClient
+from .redis import RedisClient, hash_tag
 from .settings import Settings
 
 LOGIN_POLICY = "login"

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from .. import scripts
 from ..multiplex import MultiplexedRedis
 from ..ratelimit import DEFAULT_POLICY, Decision, Rate
-from ..redis import RedisClient
+from ..redis import RedisClient, hash_tag
 from ..settings import Settings
 from .users import USERNAME_PATTERN
 
@@ -224,8 +224,3 @@ class SessionStore:
             keys=[self.index_key(sub)], args=[self._session_key_prefix(sub)]
         )
         return int(ended)
-
-
-def hash_tag(sub: str) -> str:
-    """`{sub}`: Redis Cluster hashes only this part, so all of a user's keys share a slot."""
-    return "{" + sub + "}"
