@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.auth.dependencies import require_scopes
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.auth.users import FileUserStore, User
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit import Rate
+from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import running

@@ -29,7 +29,7 @@ from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
 from {{ cookiecutter.package_name }}.auth.sessions import new_refresh_token
 from {{ cookiecutter.package_name }}.auth.tokens import LEEWAY_SECONDS
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis import hash_tag
+from {{ cookiecutter.package_name }}.redis_clients import hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running

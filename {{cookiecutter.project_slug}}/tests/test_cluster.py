@@ -21,7 +21,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis import ClusterClient, create_cluster_client, hash_tag
+from {{ cookiecutter.package_name }}.redis_clients import ClusterClient, create_cluster_client, hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, running

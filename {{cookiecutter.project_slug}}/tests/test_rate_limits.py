@@ -18,9 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from {{ cookiecutter.package_name }}.auth.dependencies import limited_principal
 from {{ cookiecutter.package_name }}.auth.passwords import PasswordChecker
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
-from {{ cookiecutter.package_name }}.limits import limit_by_client
+from {{ cookiecutter.package_name }}.limiter import limit_by_client
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit import Rate
+from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running

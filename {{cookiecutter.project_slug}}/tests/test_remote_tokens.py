@@ -21,7 +21,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.auth import remote
-from {{ cookiecutter.package_name }}.auth.jwks import metadata_urls
+from {{ cookiecutter.package_name }}.auth.remote_keys import metadata_urls
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .helpers import assert_invalid_token, bearer

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.commands import describe
-from {{ cookiecutter.package_name }}.ratelimit import Rate
+from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
 STRONG_SECRET = "q7Vt0cPz4nRk2mWb9sXe6yHa1uLj5fGd8oTi3vBn0Kw"

@@ -21,7 +21,7 @@ from redis import Redis
 from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
 from {{ cookiecutter.package_name }}.auth.users import User
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis import hash_tag
+from {{ cookiecutter.package_name }}.redis_clients import hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running

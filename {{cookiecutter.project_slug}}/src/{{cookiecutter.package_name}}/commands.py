@@ -55,7 +55,7 @@ def end_sessions(command: str, settings: Settings, name: str, done: str) -> int 
     alive. None, after one line saying what was `done` and what was not, when Redis does not
     answer: the file has changed, and the command should be run again."""
     from .auth.sessions import SessionStore
-    from .redis import close_redis, create_redis
+    from .redis_clients import close_redis, create_redis
 
     async def revoke_all() -> int:
         redis = create_redis(settings)

@@ -9,23 +9,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import docs, metrics
-from .api import health, items, jwks, me
+from .api import health, items, me, published_keys
 from .api.metadata import install_metadata
 from .auth import grants
 from .auth import routes as auth_routes
 from .auth.clients import ClientStore, FileClientStore
-from .auth.jwks import RemoteKeys
 from .auth.keys import load_key_set
 from .auth.passwords import PasswordChecker, password_hasher
 from .auth.remote import RemoteTokenVerifier
+from .auth.remote_keys import RemoteKeys
 from .auth.sessions import SessionStore
 from .auth.tokens import create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
-from .limits import Limiter
+from .limiter import Limiter
 from .middleware import RequestLog
 from .outage import RedisOutage
-from .redis import close_redis, create_per_request_client, create_redis
+from .redis_clients import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 from .shutdown import Drain
 
@@ -43,7 +43,7 @@ def create_app(
     Keys are read, the dummy password hash is made and the issuer's metadata is serialized here,
     once. `users` and `clients` replace the file-backed user and service-account stores (see
     `UserStore`, `ClientStore`). With APP_JWT_JWKS_URL or APP_OIDC_ISSUER set,
-    the app verifies another issuer's tokens instead (see `auth/jwks.py`).
+    the app verifies another issuer's tokens instead (see `auth/remote_keys.py`).
 
     `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory` works too (settings then
     come from the environment and `.env`).
@@ -107,7 +107,7 @@ def create_app(
         )
         app.state.password_checker = PasswordChecker(password_hasher(settings))
         if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
-            app.include_router(jwks.router)
+            app.include_router(published_keys.router)
         app.include_router(grants.router)  # POST /auth/token
         app.include_router(auth_routes.router)
     app.include_router(me.router)

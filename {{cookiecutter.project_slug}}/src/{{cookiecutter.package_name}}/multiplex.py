@@ -16,10 +16,11 @@ What keeps it correct:
   reaches another caller. That is the failure behind CVE-2023-28858.
 - If the oldest waiting command has had no reply for the timeout, or the connection breaks,
   the connection is closed, and every command still waiting on it fails with a `RedisError`
-  (a 503); the next call opens a new connection. As with the redis-py client (see `redis.py`),
-  a command whose connection broke is sent once more, on a new connection: the per-request
-  scripts may run twice (one request then counts twice against its limit), and a Redis
-  restart between two requests costs no 503. A timeout is never retried.
+  (a 503); the next call opens a new connection. As with the redis-py client (see
+  `redis_clients.py`), a command whose connection broke is sent once more, on a new
+  connection: the per-request scripts may run twice (one request then counts twice against
+  its limit), and a Redis restart between two requests costs no 503. A timeout is never
+  retried.
 - A `READONLY` reply means the connection reaches a replica: a primary demoted behind the same
   address (see `failover.py`). The connection is closed as if broken, and its commands, which a
   replica cannot have run, are sent once more on a new connection, to the new primary.

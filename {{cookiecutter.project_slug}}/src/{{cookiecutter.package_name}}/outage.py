@@ -22,7 +22,7 @@ import logging
 import time
 
 from . import metrics
-from .redis import RedisClient, is_ready
+from .redis_clients import RedisClient, is_ready
 
 WINDOW_SECONDS = 10
 

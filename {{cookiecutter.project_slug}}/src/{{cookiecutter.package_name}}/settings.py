@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url  # what create_redis uses
 
 from .network import IPNetwork, parse_network
-from .ratelimit import Rate
+from .rates import Rate
 
 MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
 # The words of `.env.example`'s values: published with every copy of this project, so anyone

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from .. import errors
-from ..redis import is_ready
+from ..redis_clients import is_ready
 
 router = APIRouter(prefix="/health", tags=["health"])
 

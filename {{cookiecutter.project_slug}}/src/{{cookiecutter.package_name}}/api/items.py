@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import errors, scripts
 from ..auth.dependencies import limited_principal, require_scopes
 from ..auth.tokens import Principal
-from ..ratelimit import Rate
-from ..redis import RedisClient, hash_tag
+from ..rates import Rate
+from ..redis_clients import RedisClient, hash_tag
 from ..settings import Settings
 
 MAX_ITEMS = 100  # per user; adding one more drops the oldest

@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute
 
 from ..auth.dependencies import REQUIRED_SCOPES
 from ..settings import Settings
-from .jwks import CACHE_CONTROL
+from .published_keys import CACHE_CONTROL
 
 WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 GRANT_TYPES = ["password", "refresh_token", "client_credentials"]

@@ -15,8 +15,8 @@ from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from .. import errors, metrics
-from ..limits import check_policy_name, enforce
-from ..ratelimit import DEFAULT_POLICY, Rate
+from ..limiter import check_policy_name, enforce
+from ..rates import DEFAULT_POLICY, Rate
 from .remote import verify_with_fresh_keys
 from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 

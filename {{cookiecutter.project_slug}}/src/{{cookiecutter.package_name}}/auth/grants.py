@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from .. import audit, errors
-from ..limits import LOGIN_POLICY, client_of, enforce
+from ..limiter import LOGIN_POLICY, client_of, enforce
 from .clients import CLIENT_NAME_PATTERN, MAX_SECRET_INPUT, Client, ClientStore
 from .dependencies import AUTHORIZATION
 from .passwords import MAX_PASSWORD_LENGTH

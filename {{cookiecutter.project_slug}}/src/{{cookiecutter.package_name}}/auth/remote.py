@@ -26,7 +26,7 @@ from typing import Any
 
 from ..logs import OncePerWindow
 from ..settings import Settings
-from .jwks import RemoteKeys
+from .remote_keys import RemoteKeys
 from .sessions import SESSION_ID_PATTERN
 from .tokens import Principal, Refused, TokenVerifier, media_type
 from .users import USERNAME_PATTERN

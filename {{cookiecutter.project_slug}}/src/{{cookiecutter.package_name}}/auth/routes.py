@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import audit, errors
-from ..limits import LOGIN_POLICY, client_of, enforce
+from ..limiter import LOGIN_POLICY, client_of, enforce
 from .dependencies import AUTHENTICATED, CurrentPrincipal
 from .sessions import ReuseDetected, Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from .. import scripts
 from ..multiplex import MultiplexedRedis
-from ..ratelimit import DEFAULT_POLICY, Decision, Rate
-from ..redis import RedisClient, hash_tag
+from ..rates import DEFAULT_POLICY, Decision, Rate
+from ..redis_clients import RedisClient, hash_tag
 from ..settings import Settings
 from .users import USERNAME_PATTERN
 

@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 from ..multiplex import MultiplexedRedis
-from ..redis import RedisClient
+from ..redis_clients import RedisClient
 
 SHARED = "gcra.lua"
 

@@ -33,8 +33,8 @@ from . import errors, metrics, scripts
 from .multiplex import MultiplexedRedis
 from .network import client_address
 from .outage import RedisOutage
-from .ratelimit import Decision, Rate
-from .redis import RedisClient, hash_tag
+from .rates import Decision, Rate
+from .redis_clients import RedisClient, hash_tag
 from .settings import Settings
 
 LOGIN_POLICY = "login"

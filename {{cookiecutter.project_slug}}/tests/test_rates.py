@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from {{ cookiecutter.package_name }}.ratelimit import Decision, Rate
+from {{ cookiecutter.package_name }}.rates import Decision, Rate
 
 
 @pytest.mark.parametrize(
