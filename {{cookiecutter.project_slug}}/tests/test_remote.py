@@ -22,7 +22,7 @@ from jose import jws, jwt
 from pydantic import ValidationError
 from redis import Redis
 
-from {{ cookiecutter.package_name }}.auth import jwks
+from {{ cookiecutter.package_name }}.auth import remote_keys
 from {{ cookiecutter.package_name }}.commands import describe
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -345,7 +345,7 @@ def key_set(*keys: dict[str, Any], **more: Any) -> bytes:
 
 def oversized(key: SigningKey) -> bytes:
     """The right key, in a document just past the cap."""
-    return key_set(key.jwk(), padding="x" * jwks.MAX_DOCUMENT_BYTES)
+    return key_set(key.jwk(), padding="x" * remote_keys.MAX_DOCUMENT_BYTES)
 
 
 # (what the endpoint answers, the reason logged)
@@ -494,7 +494,7 @@ async def test_a_flood_of_unknown_kids_and_bad_signatures_costs_one_fetch_per_30
                     batch.clear()
         elapsed = time.monotonic() - started
         assert (await client.get("/me", headers=bearer(token))).status_code == 200
-    allowed = 1 + 1 + int(elapsed // jwks.UNKNOWN_KID_INTERVAL_SECONDS)
+    allowed = 1 + 1 + int(elapsed // remote_keys.UNKNOWN_KID_INTERVAL_SECONDS)
     assert 2 <= key_server.fetches() <= allowed, (key_server.fetches(), elapsed)
 
 
