@@ -50,7 +50,7 @@ from .remote_issuer import (
 
 pytestmark = pytest.mark.anyio
 
-JWKS_LOGGER = jwks.__name__
+JWKS_LOGGER = remote_keys.__name__
 
 
 async def session_token(state: Any, key: SigningKey, settings: Settings, sub: str) -> str:

@@ -10,7 +10,7 @@ client address would add one series per distinct value, kept until the process e
   else "unmatched";
 - `status`: the status code as text, 100 to 599;
 - `reason`, `kind`: from `AUTH_REASONS` and `REDIS_KINDS`;
-- `policy`: rate-limit policy names come from the code (`limits.check_policy_name`); past
+- `policy`: rate-limit policy names come from the code (`limiter.check_policy_name`); past
   `MAX_POLICIES` distinct ones, the rest count as "other".
 
 With `serve --workers N`, `serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory, each
