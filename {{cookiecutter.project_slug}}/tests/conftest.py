@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 from redis import Redis
 
+from {{ cookiecutter.package_name }}.keyspace import Keyspace
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -101,8 +102,13 @@ def settings(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iter
 def delete_keys(redis_url: str, prefix: str) -> None:
     """Remove what a test wrote, so a shared REDIS_URL is left as it was found."""
     with Redis.from_url(redis_url) as redis:
-        for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        for key in redis.scan_iter(match=Keyspace(prefix).everything(), count=1000):
             redis.delete(key)
+
+
+def keyspace(settings: Settings) -> Keyspace:
+    """The key names the app built from `settings` writes: tests never spell a key by hand."""
+    return Keyspace(settings.redis_key_prefix)
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from {{ cookiecutter.package_name }}.auth.clients import Client
 from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
 from {{ cookiecutter.package_name }}.auth.sessions import new_refresh_token
 from {{ cookiecutter.package_name }}.auth.tokens import LEEWAY_SECONDS
+from {{ cookiecutter.package_name }}.keyspace import Keyspace
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis_clients import hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
@@ -281,7 +281,7 @@ async def test_a_client_tokens_session_lives_no_longer_than_the_token(
     secret = add_client(settings, "svc", scopes=["read"])
     access = (await client_token(client, "svc", secret))["access_token"]
     sid = jwt.get_unverified_claims(access)["sid"]
-    key = f"{settings.redis_key_prefix}:{hash_tag('svc')}:sess:{sid}"
+    key = Keyspace(settings.redis_key_prefix).session("svc", sid)
     lifetime_ms = (settings.access_token_ttl_seconds + LEEWAY_SECONDS) * 1000
     assert 0 < redis.pttl(key) <= lifetime_ms
     assert (await client.get("/me", headers=bearer(access))).status_code == 200
@@ -304,7 +304,7 @@ async def test_a_clients_live_tokens_are_capped(
                 (await client.get("/me", headers=bearer(token))).status_code for token in tokens
             ]
         assert statuses == [401, 401, 200, 200, 200]
-        index = f"{settings.redis_key_prefix}:{hash_tag('svc')}:sessions"
+        index = Keyspace(settings.redis_key_prefix).session_index("svc")
         assert redis.zcard(index) == 3
     finally:
         delete_keys(redis_url, settings.redis_key_prefix)
@@ -379,7 +379,7 @@ async def test_a_client_changed_during_its_grant_keeps_no_token(
         form = {**CLIENT_CREDENTIALS, "client_id": "svc", "client_secret": "s3cret"}
         response = await client.post("/auth/token", data=form)
     assert_invalid_client(response)
-    keys = f"{settings.redis_key_prefix}:{hash_tag('svc')}:sess*"
+    keys = Keyspace(settings.redis_key_prefix).session_prefix("svc") + "*"
     assert list(redis.scan_iter(match=keys)) == []
 
 

@@ -20,8 +20,9 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from {{ cookiecutter.package_name }}.keyspace import LOGIN_TAG, Keyspace, hash_tag
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis_clients import ClusterClient, create_cluster_client, hash_tag
+from {{ cookiecutter.package_name }}.redis_clients import ClusterClient, create_cluster_client
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, running
@@ -87,7 +88,7 @@ def cluster_settings_for(
 
 def user_keys(inspector: dict[str, Redis], settings: Settings, name: str) -> dict[str, list[str]]:
     """The keys the service holds for `name`, by the node that actually stores them."""
-    pattern = f"{settings.redis_key_prefix}:{hash_tag(name)}:*"
+    pattern = Keyspace(settings.redis_key_prefix).tagged(name)
     found = {node: sorted(client.scan_iter(match=pattern)) for node, client in inspector.items()}
     return {node: keys for node, keys in found.items() if keys}
 
@@ -268,13 +269,13 @@ async def test_login_gives_successes_back_and_limits_failures_on_the_cluster(
     assert failures == [401, 401, 401, 429]
     assert right_password.status_code == 429
 
-    pattern = f"{settings.redis_key_prefix}:{hash_tag('login')}:*"
+    pattern = Keyspace(settings.redis_key_prefix).tagged(LOGIN_TAG)
     found = {node: list(server.scan_iter(match=pattern)) for node, server in inspector.items()}
     ((node, keys),) = [(node, keys) for node, keys in found.items() if keys]  # one node
     # The client's bucket and the failed account's; the successful account's is gone.
     assert len(keys) == 2, keys
     slots = {int(inspector[node].cluster("KEYSLOT", key)) for key in keys}
-    assert slots == {key_slot(hash_tag("login").encode())}
+    assert slots == {key_slot(hash_tag(LOGIN_TAG).encode())}
     for key in keys:
         assert 0 < inspector[node].pttl(key) <= 60_000, key
 

@@ -28,8 +28,8 @@ import pytest
 from redis.crc import key_slot
 
 from {{ cookiecutter.package_name }} import outage
+from {{ cookiecutter.package_name }}.keyspace import hash_tag
 from {{ cookiecutter.package_name }}.limiter import LOGIN_POLICY
-from {{ cookiecutter.package_name }}.redis_clients import hash_tag
 
 from .conftest import make_settings
 from .helpers import add_user, bearer, login

@@ -15,7 +15,7 @@ from {{ cookiecutter.package_name }}.api.items import MAX_ITEMS, WRITE_RATE, Ite
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import add_user, bearer, login
 from .redis_monitor import client_commands
 
@@ -113,8 +113,7 @@ async def test_a_users_items_are_bounded_and_expire(
     assert len(listed) == MAX_ITEMS
     assert listed[0] == {"text": f"item {MAX_ITEMS + 4}"}
     assert listed[-1] == {"text": "item 5"}
-    key = store.key("alice")
-    assert key.startswith(f"{settings.redis_key_prefix}:" + "{items:")
+    key = keyspace(settings).items("alice")
     assert redis.llen(key) == MAX_ITEMS
     assert 0 < redis.pttl(key) <= items.ITEMS_TTL_SECONDS * 1000
 

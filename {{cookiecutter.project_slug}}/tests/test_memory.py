@@ -40,7 +40,7 @@ from {{ cookiecutter.package_name }}.logs import PACKAGE, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import add_client, add_user, bearer, client_token, login
 from .issuers import (
     SigningKey,
@@ -434,11 +434,7 @@ async def test_canary_the_detector_catches_a_cache_keyed_by_kid(
 
 def keys_of(redis: Redis, settings: Settings) -> set[str]:
     """Every key the app wrote under its prefix (SCAN, never KEYS)."""
-    return set(redis.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000))
-
-
-def tagged(settings: Settings, user: str, rest: str) -> str:
-    return f"{settings.redis_key_prefix}:" + "{" + user + "}" + f":{rest}"
+    return set(redis.scan_iter(match=keyspace(settings).everything(), count=1000))
 
 
 async def test_every_key_has_a_ttl_after_the_workload(
@@ -454,7 +450,7 @@ async def test_every_key_has_a_ttl_after_the_workload(
 
     keys = keys_of(redis, settings)
     for user in (*LOGIN_USERS, workload.service_account):
-        assert tagged(settings, user, "sessions") in keys
+        assert keyspace(settings).session_index(user) in keys
     for key in keys:
         # -2: a short-lived bucket expired between SCAN and PTTL; -1: a key without a TTL.
         assert redis.pttl(key) != -1, f"{key} has no TTL"
@@ -506,7 +502,7 @@ async def test_rejected_requests_write_no_keys(
 async def test_the_session_index_stays_at_the_cap(memory_settings: Settings, redis: Redis) -> None:
     """Logging one user in far more often than the cap leaves at most the cap of sessions."""
     user = LOGIN_USERS[0]
-    index = tagged(memory_settings, user, "sessions")
+    index = keyspace(memory_settings).session_index(user)
     app = create_app(memory_settings)
     async with running(app) as client:
         for _ in range(3 * MAX_SESSIONS):
@@ -516,7 +512,9 @@ async def test_the_session_index_stays_at_the_cap(memory_settings: Settings, red
             await app.state.sessions.create(user, SCOPES)
             assert redis.zcard(index) <= MAX_SESSIONS
 
-    sessions = set(redis.scan_iter(match=tagged(memory_settings, user, "sess:*"), count=1000))
+    sessions = set(
+        redis.scan_iter(match=keyspace(memory_settings).session_prefix(user) + "*", count=1000)
+    )
     assert len(sessions) == MAX_SESSIONS
     sids = {key.rpartition(":")[2] for key in sessions}
     assert set(redis.zrange(index, 0, -1)) == sids  # the index names exactly the live sessions

@@ -23,7 +23,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import PASSWORD, add_user, bearer, login, me
 from .redis_monitor import client_commands
 from .redis_server import RedisServer
@@ -314,7 +314,7 @@ async def test_rate_limit_keys_expire_once_they_stop_limiting(
             await me(client, token)
     buckets = [
         key
-        for key in redis.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)
+        for key in redis.scan_iter(match=keyspace(settings).everything(), count=1000)
         if ":rl" in key or "{login}" in key
     ]
     # alice's bucket; the login buckets of the client and of alice's account (one failure each)

@@ -14,7 +14,7 @@ from redis import Redis
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
 from .redis_server import RedisServer
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 
 def keys_of(redis: Redis, settings: Settings) -> list[str]:
-    return sorted(redis.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000))
+    return sorted(redis.scan_iter(match=keyspace(settings).everything(), count=1000))
 
 
 def session_id(pair: dict[str, Any]) -> str:
@@ -31,11 +31,11 @@ def session_id(pair: dict[str, Any]) -> str:
 
 
 def session_key(settings: Settings, user: str, sid: str) -> str:
-    return f"{settings.redis_key_prefix}:" + "{" + user + "}" + f":sess:{sid}"
+    return keyspace(settings).session(user, sid)
 
 
 def index_key(settings: Settings, user: str) -> str:
-    return f"{settings.redis_key_prefix}:" + "{" + user + "}" + ":sessions"
+    return keyspace(settings).session_index(user)
 
 
 async def test_every_key_written_has_a_ttl(
@@ -221,9 +221,8 @@ async def test_logout_all_leaves_no_keys_of_the_user(
     assert (
         await client.post("/auth/logout-all", headers=bearer(pairs[0]["access_token"]))
     ).status_code == 204
-    tagged = f"{settings.redis_key_prefix}:" + "{alice}:*"
-    left = list(redis.scan_iter(match=tagged))
-    assert [key for key in left if not key.endswith(":rl")] == []
+    left = list(redis.scan_iter(match=keyspace(settings).tagged("alice")))
+    assert [key for key in left if key != keyspace(settings).user_bucket("alice")] == []
     for key in left:
         assert redis.pttl(key) != -1, key  # -2 is fine: it expired after the scan
 

@@ -20,8 +20,8 @@ from redis import Redis
 
 from {{ cookiecutter.package_name }}.auth.passwords import password_hasher
 from {{ cookiecutter.package_name }}.auth.users import User
+from {{ cookiecutter.package_name }}.keyspace import Keyspace
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.redis_clients import hash_tag
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
@@ -274,7 +274,7 @@ async def test_a_user_changed_during_their_login_keeps_no_session(
         )
     assert response.status_code == 401
     assert response.json() == {"detail": "Incorrect username or password"}
-    alices_keys = f"{settings.redis_key_prefix}:{hash_tag('alice')}:sess*"
+    alices_keys = Keyspace(settings.redis_key_prefix).session_prefix("alice") + "*"
     assert list(redis.scan_iter(match=alices_keys)) == []
 
 

@@ -22,7 +22,6 @@ the price of no limit while it lasts; logins still fail then, because sessions n
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Awaitable, Callable
 
@@ -30,11 +29,12 @@ from fastapi import Request, Response
 from redis.exceptions import RedisError
 
 from . import errors, metrics, scripts
+from .keyspace import Keyspace
 from .multiplex import MultiplexedRedis
 from .network import client_address
 from .outage import RedisOutage
 from .rates import Decision, Rate
-from .redis_clients import RedisClient, hash_tag
+from .redis_clients import RedisClient
 from .settings import Settings
 
 LOGIN_POLICY = "login"
@@ -53,8 +53,7 @@ class Limiter:
     def __init__(
         self, redis: RedisClient | MultiplexedRedis, settings: Settings, outage: RedisOutage
     ) -> None:
-        self._prefix = settings.redis_key_prefix
-        self._login_prefix = f"{settings.redis_key_prefix}:{hash_tag(LOGIN_POLICY)}"
+        self._keys = Keyspace(settings.redis_key_prefix)
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open
         self._take = scripts.register(redis, "limit.lua", with_gcra=True)
@@ -63,30 +62,23 @@ class Limiter:
 
     async def login_attempt(self, client: str, username: str) -> Decision:
         """Take one attempt from the client's and the account's buckets (both, or neither)."""
-        keys = self._login_keys(client, username)
+        keys = self._keys.login_buckets(client, username)
         return await self._run_or_fail_open(self._take, keys, self._login_rate)
 
     async def login_succeeded(self, client: str, username: str) -> Decision:
         """Give the attempt taken by `login_attempt` back to both buckets, in one call."""
-        keys = self._login_keys(client, username)
+        keys = self._keys.login_buckets(client, username)
         return await self._run_or_fail_open(self._give_back, keys, self._login_rate)
 
     async def client_request(self, client: str, rate: Rate, policy: str) -> Decision:
         """Take one request from the client's bucket for `policy`."""
-        key = f"{self._prefix}:{hash_tag('client:' + client)}:{policy}"
+        key = self._keys.client_bucket(client, policy)
         return await self._run_or_fail_open(self._take, [key], rate)
 
     async def subject_request(self, sub: str, rate: Rate, policy: str) -> Decision:
         """Take one request from the bucket of a remote issuer's subject, for `policy`."""
-        # Keyed by a digest: a remote `sub` is any text its issuer chose, and a key name is not.
-        subject = hashlib.sha256(sub.encode()).hexdigest()[:32]
-        key = f"{self._prefix}:{hash_tag('sub:' + subject)}:{policy}"
+        key = self._keys.subject_bucket(sub, policy)
         return await self._run_or_fail_open(self._take, [key], rate)
-
-    def _login_keys(self, client: str, username: str) -> list[str]:
-        # The account is keyed by a digest: attempted names are attacker-chosen text.
-        account = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        return [f"{self._login_prefix}:client:{client}", f"{self._login_prefix}:account:{account}"]
 
     async def _run_or_fail_open(
         self, script: scripts.RunScript, keys: list[str], rate: Rate

@@ -162,8 +162,3 @@ async def is_ready(redis: RedisClient, timeout_seconds: float) -> bool:
             return bool(await redis.ping())
     except PING_ERRORS:
         return False
-
-
-def hash_tag(sub: str) -> str:
-    """`{sub}`: Redis Cluster hashes only this part, so all of a user's keys share a slot."""
-    return "{" + sub + "}"

@@ -8,7 +8,6 @@ route" walks through it; `create_app` registers the router and makes the `ItemSt
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -17,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import errors, scripts
 from ..auth.dependencies import limited_principal, require_scopes
 from ..auth.tokens import Principal
+from ..keyspace import Keyspace
 from ..rates import Rate
-from ..redis_clients import RedisClient, hash_tag
+from ..redis_clients import RedisClient
 from ..settings import Settings
 
 MAX_ITEMS = 100  # per user; adding one more drops the oldest
@@ -56,22 +56,16 @@ class ItemStore:
 
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._redis = redis
-        self._prefix = settings.redis_key_prefix
+        self._keys = Keyspace(settings.redis_key_prefix)
         self._add = scripts.register(redis, "items_add.lua")
-
-    def key(self, sub: str) -> str:
-        """`p:{items:<digest>}`: a remote issuer's `sub` may be any text, so a key holds only
-        its digest; the hash tag keeps the key in one Redis Cluster slot."""
-        digest = hashlib.sha256(sub.encode()).hexdigest()[:32]
-        return f"{self._prefix}:{hash_tag('items:' + digest)}"
 
     async def add(self, sub: str, text: str) -> None:
         """One script call: add, drop the oldest beyond `MAX_ITEMS`, renew the TTL."""
         ttl_ms = ITEMS_TTL_SECONDS * 1000
-        await self._add(keys=[self.key(sub)], args=[text, MAX_ITEMS, ttl_ms])
+        await self._add(keys=[self._keys.items(sub)], args=[text, MAX_ITEMS, ttl_ms])
 
     async def newest(self, sub: str) -> list[str]:
-        values = await self._redis.lrange(self.key(sub), 0, MAX_ITEMS - 1)
+        values = await self._redis.lrange(self._keys.items(sub), 0, MAX_ITEMS - 1)
         # Bytes from this client (it does not decode replies); redis-py's types allow str too.
         return [value.decode() if isinstance(value, bytes) else value for value in values]
 

@@ -24,9 +24,10 @@ import secrets
 from dataclasses import dataclass
 
 from .. import scripts
+from ..keyspace import Keyspace
 from ..multiplex import MultiplexedRedis
 from ..rates import DEFAULT_POLICY, Decision, Rate
-from ..redis_clients import RedisClient, hash_tag
+from ..redis_clients import RedisClient
 from ..settings import Settings
 from .users import USERNAME_PATTERN
 
@@ -102,7 +103,7 @@ class SessionStore:
         self, redis: RedisClient, settings: Settings, per_request: MultiplexedRedis | None = None
     ) -> None:
         """`per_request` runs the script of every request (`admit`); without it, `redis` does."""
-        self._prefix = settings.redis_key_prefix
+        self._keys = Keyspace(settings.redis_key_prefix)
         self._idle_ms = settings.session_idle_ttl_seconds * 1000
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
         self._max_sessions = settings.max_sessions_per_user
@@ -113,25 +114,12 @@ class SessionStore:
         self._revoke = scripts.register(redis, "session_revoke.lua")
         self._revoke_all = scripts.register(redis, "session_revoke_all.lua")
 
-    def session_key(self, sub: str, sid: str) -> str:
-        return f"{self._session_key_prefix(sub)}{sid}"
-
-    def rate_limit_key(self, sub: str, policy: str = DEFAULT_POLICY) -> str:
-        suffix = "" if policy == DEFAULT_POLICY else f":{policy}"
-        return f"{self._prefix}:{hash_tag(sub)}:rl{suffix}"
-
-    def index_key(self, sub: str) -> str:
-        return f"{self._prefix}:{hash_tag(sub)}:sessions"
-
-    def _session_key_prefix(self, sub: str) -> str:
-        return f"{self._prefix}:{hash_tag(sub)}:sess:"
-
     async def create(self, sub: str, scopes: frozenset[str]) -> Session:
         """Open a session; beyond the per-user cap, the user's oldest sessions end."""
         sid = new_session_id()
         refresh_token = new_refresh_token(sub, sid)
         await self._create(
-            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            keys=[self._keys.session(sub, sid), self._keys.session_index(sub)],
             args=[
                 sid,
                 " ".join(sorted(scopes)),
@@ -139,7 +127,7 @@ class SessionStore:
                 self._idle_ms,
                 self._absolute_ms,
                 self._max_sessions,
-                self._session_key_prefix(sub),
+                self._keys.session_prefix(sub),
             ],
         )
         return Session(sub=sub, sid=sid, scopes=scopes, refresh_token=refresh_token)
@@ -156,7 +144,7 @@ class SessionStore:
         sid = new_session_id()
         lifetime_ms = seconds * 1000
         await self._create(
-            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            keys=[self._keys.session(sub, sid), self._keys.session_index(sub)],
             args=[
                 sid,
                 " ".join(sorted(scopes)),
@@ -164,7 +152,7 @@ class SessionStore:
                 lifetime_ms,
                 lifetime_ms,
                 self._max_client_tokens,
-                self._session_key_prefix(sub),
+                self._keys.session_prefix(sub),
             ],
         )
         return sid
@@ -176,7 +164,7 @@ class SessionStore:
         otherwise the session's idle TTL slides and a token is taken from the user's bucket."""
         interval_us, burst = rate.script_args()
         reply = await self._request(
-            keys=[self.session_key(sub, sid), self.rate_limit_key(sub, policy)],
+            keys=[self._keys.session(sub, sid), self._keys.user_bucket(sub, policy)],
             args=[self._idle_ms, interval_us, burst],
         )
         if reply[0] != 1:
@@ -199,7 +187,7 @@ class SessionStore:
         sub, sid = parsed
         next_token = new_refresh_token(sub, sid)
         reply = await self._refresh(
-            keys=[self.session_key(sub, sid), self.index_key(sub)],
+            keys=[self._keys.session(sub, sid), self._keys.session_index(sub)],
             args=[
                 refresh_token_hash(refresh_token),
                 refresh_token_hash(next_token),
@@ -216,11 +204,12 @@ class SessionStore:
 
     async def revoke(self, sub: str, sid: str) -> None:
         """End one session (a script, so it is one atomic call on Redis and on Redis Cluster)."""
-        await self._revoke(keys=[self.session_key(sub, sid), self.index_key(sub)], args=[sid])
+        keys = [self._keys.session(sub, sid), self._keys.session_index(sub)]
+        await self._revoke(keys=keys, args=[sid])
 
     async def revoke_all(self, sub: str) -> int:
         """End every session of `sub`; returns how many were alive."""
         ended = await self._revoke_all(
-            keys=[self.index_key(sub)], args=[self._session_key_prefix(sub)]
+            keys=[self._keys.session_index(sub)], args=[self._keys.session_prefix(sub)]
         )
         return int(ended)
