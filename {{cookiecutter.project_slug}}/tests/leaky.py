@@ -29,6 +29,7 @@ from {{ cookiecutter.package_name }}.auth.tokens import Principal, Refused, Unkn
 from {{ cookiecutter.package_name }}.logs import REQUEST_ID, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 # The leak: decoded payloads by subject, kept for the life of the process.
 PAYLOADS: dict[str, dict[str, Any]] = {}
@@ -94,7 +95,9 @@ class RememberUnknownKids(RemoteTokenVerifier):
 def create_leaky_remote_app(settings: Settings) -> FastAPI:
     """The real remote-mode app, with a kid-keyed cache in its verifier."""
     app = create_app(settings)
-    app.state.token_verifier = RememberUnknownKids(settings, app.state.remote_keys)
+    state = app_state(app)
+    assert state.remote_keys is not None  # a remote-mode app
+    state.token_verifier = RememberUnknownKids(settings, state.remote_keys)
     return app
 
 

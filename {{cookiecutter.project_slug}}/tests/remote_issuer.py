@@ -20,6 +20,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import AppState, app_state
 
 from .conftest import delete_keys, make_settings, running
 from .issuers import REMOTE_ALGORITHMS, SigningKey, new_signing_key
@@ -95,11 +96,11 @@ def remote_settings(
 
 
 @asynccontextmanager
-async def remote_client(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def remote_client(settings: Settings) -> AsyncIterator[tuple[AppState, httpx.AsyncClient]]:
     """(app state, client) of a remote-mode app, its lifespan (and key refresh) running."""
     app = create_app(settings)
     async with running(app) as client:
-        yield app.state, client
+        yield app_state(app), client
 
 
 async def wait_until_ready(client: httpx.AsyncClient) -> None:

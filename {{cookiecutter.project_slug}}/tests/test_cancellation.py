@@ -22,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import make_settings, running
 from .helpers import add_user, me
@@ -62,10 +63,12 @@ class Users:
 
     async def open(self, name: str) -> None:
         """A real user (refresh looks users up) with one session and its tokens."""
-        state = self.app.state
+        state = app_state(self.app)
         add_user(state.settings, name, scopes=[scope_of(name)])
         session = await state.sessions.create(name, frozenset({scope_of(name)}))
-        self.access[name] = state.token_issuer.issue(name, session.sid, session.scopes).token
+        self.access[name] = (
+            state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
+        )
         self.refresh[name] = session.refresh_token
 
 
@@ -111,7 +114,7 @@ async def test_cancelled_requests_never_shift_replies_onto_other_requests(
     for name in live + revoked + refreshing + victims:
         await users.open(name)
     for name in revoked:
-        await app.state.sessions.revoke_all(name)
+        await app_state(app).sessions.revoke_all(name)
 
     cancelled = 0
     for round_number in range(ROUNDS):

@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.keyspace import LOGIN_TAG, Keyspace, hash_t
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.redis_clients import ClusterClient, create_cluster_client
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import make_settings, running
 from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
@@ -108,7 +109,7 @@ def placement(inspector: dict[str, Redis], settings: Settings, name: str) -> tup
 async def test_the_setting_selects_the_cluster_client(cluster_settings: Settings) -> None:
     app = create_app(cluster_settings)
     async with running(app) as client:
-        assert isinstance(app.state.redis, ClusterClient)
+        assert isinstance(app_state(app).redis, ClusterClient)
         assert (await client.get("/health/ready")).status_code == 200
 
 

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import delete_keys, make_settings, running
 from .helpers import me
@@ -32,12 +33,14 @@ async def busy_app(redis_url: str, key_files: dict[str, Path]) -> AsyncIterator[
 async def test_concurrent_requests_each_see_only_their_own_subject(busy_app: FastAPI) -> None:
     """Hundreds of requests in flight together, each with its own token, each get their own user."""
     async with running(busy_app) as client:
-        state = busy_app.state
+        state = app_state(busy_app)
         tokens: dict[str, str] = {}
         for number in range(CONCURRENT_REQUESTS):
             name = f"user-{number}"
             session = await state.sessions.create(name, frozenset({f"scope-{number}"}))
-            tokens[name] = state.token_issuer.issue(name, session.sid, session.scopes).token
+            tokens[name] = (
+                state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
+            )
 
         names = list(tokens)
         responses: list[httpx.Response] = await asyncio.gather(

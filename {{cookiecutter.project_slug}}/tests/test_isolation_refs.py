@@ -16,12 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }} import errors
 from {{ cookiecutter.package_name }}.auth.dependencies import CurrentPrincipal
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import delete_keys, make_settings, running
 from .helpers import bearer, me
@@ -36,12 +37,13 @@ async def app(redis_url: str, key_files: dict[str, Path]) -> AsyncIterator[FastA
     settings = make_settings(redis_url, key_files, redis_timeout_seconds=5)
     app = create_app(settings)
 
+    kept: list[Principal] = []  # lives as long as the app, like a module-level list would
+
     @app.get("/keep")  # the control: a route that wrongly keeps who called it
-    async def keep(request: Request, principal: CurrentPrincipal) -> dict[str, str]:
-        request.app.state.kept.append(principal)
+    async def keep(principal: CurrentPrincipal) -> dict[str, str]:
+        kept.append(principal)
         return {"sub": principal.sub}
 
-    app.state.kept = []
     yield app
     delete_keys(redis_url, settings.redis_key_prefix)
 
@@ -55,12 +57,12 @@ def principals_of(prefix: str) -> list[Principal]:
 
 
 async def tokens_for(app: FastAPI, prefix: str, count: int) -> dict[str, str]:
-    state = app.state
+    state = app_state(app)
     tokens = {}
     for number in range(count):
         name = f"{prefix}{number}"
         session = await state.sessions.create(name, frozenset({f"scope-{number}"}))
-        tokens[name] = state.token_issuer.issue(name, session.sid, session.scopes).token
+        tokens[name] = state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
     return tokens
 
 

@@ -10,10 +10,11 @@ import pytest
 from fastapi import FastAPI
 from redis import Redis
 
-from {{ cookiecutter.package_name }}.api import items
-from {{ cookiecutter.package_name }}.api.items import MAX_ITEMS, WRITE_RATE, ItemStore
+from {{ cookiecutter.package_name }}.api.items import WRITE_RATE
+from {{ cookiecutter.package_name }}.item_store import ITEMS_TTL_SECONDS, MAX_ITEMS
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import add_user, bearer, login
@@ -106,7 +107,7 @@ async def test_a_users_items_are_bounded_and_expire(
 ) -> None:
     """However many are added, a user keeps the newest `MAX_ITEMS`, in one key with a TTL."""
     alice = await token_of(client, settings, "alice", "read")
-    store: ItemStore = app.state.items
+    store = app_state(app).items
     for number in range(MAX_ITEMS + 5):
         await store.add("alice", f"item {number}")
     listed = (await client.get("/items", headers=bearer(alice))).json()["items"]
@@ -115,7 +116,7 @@ async def test_a_users_items_are_bounded_and_expire(
     assert listed[-1] == {"text": "item 5"}
     key = keyspace(settings).items("alice")
     assert redis.llen(key) == MAX_ITEMS
-    assert 0 < redis.pttl(key) <= items.ITEMS_TTL_SECONDS * 1000
+    assert 0 < redis.pttl(key) <= ITEMS_TTL_SECONDS * 1000
 
 
 async def test_the_session_check_and_the_limit_stay_one_redis_call(

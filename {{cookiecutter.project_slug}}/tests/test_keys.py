@@ -20,6 +20,7 @@ from {{ cookiecutter.package_name }}.auth.keys import thumbprint
 from {{ cookiecutter.package_name }}.auth.tokens import Principal, UnknownKey
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 {% if cookiecutter.jwt_algorithm.startswith("HS") -%}
 from .conftest import make_settings, running
@@ -83,8 +84,8 @@ def test_the_verifier_reports_an_unknown_kid_apart(settings: Settings) -> None:
     remote keys can refresh once) from a plainly bad one (None); a kid that is not a short
     printable string is never reported."""
     app = create_app(settings)
-    issued = app.state.token_issuer.issue("alice", "A" * 22, ["read"]).token
-    verifier = app.state.token_verifier
+    issued = app_state(app).issuer().token_issuer.issue("alice", "A" * 22, ["read"]).token
+    verifier = app_state(app).token_verifier
     assert isinstance(verifier.verify(issued), Principal)
     _, payload, signature = issued.split(".")
 

@@ -39,6 +39,7 @@ from {{ cookiecutter.package_name }} import metrics
 from {{ cookiecutter.package_name }}.logs import PACKAGE, JsonFormatter
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import add_client, add_user, bearer, client_token, login
@@ -173,7 +174,7 @@ class AuthWorkload:
         self.client = client
         # Made here, before any round: a name of its own, as a test may make two workloads.
         self.service_account = f"mem-client-{secrets.token_hex(4)}"
-        self.secret = add_client(app.state.settings, self.service_account, scopes=SCOPES)
+        self.secret = add_client(app_state(app).settings, self.service_account, scopes=SCOPES)
 
     async def __call__(self, number: int) -> int:
         requests = 0
@@ -194,10 +195,10 @@ class AuthWorkload:
     async def subject(self, sub: str, index: int) -> int:
         """Five requests (six with an HTTP logout): valid, signed for a session that never
         existed, forged, malformed, and valid again after its session ended."""
-        state = self.app.state
+        state = app_state(self.app)
         session = await state.sessions.create(sub, SCOPES)
-        valid: str = state.token_issuer.issue(sub, session.sid, SCOPES).token
-        ghost: str = state.token_issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token
+        valid: str = state.issuer().token_issuer.issue(sub, session.sid, SCOPES).token
+        ghost: str = state.issuer().token_issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token
         await self.get_me(valid, 200)
         await self.get_me(ghost, 401)
         await self.get_me(forged(valid, index), 401)
@@ -463,7 +464,8 @@ async def test_rejected_requests_write_no_keys(
     settings = settings_for(rate_limit=LASTING_RATE)
     app = create_app(settings)
     async with running(app) as client:
-        state = app.state
+        state = app_state(app)
+        issuer = state.issuer().token_issuer
         tokens: list[str] = []
         refresh_tokens: list[str] = []
         for index in range(20):
@@ -471,9 +473,9 @@ async def test_rejected_requests_write_no_keys(
             alive = await state.sessions.create(sub, SCOPES)
             ended = await state.sessions.create(sub, SCOPES)
             await state.sessions.revoke(sub, ended.sid)
-            valid = state.token_issuer.issue(sub, alive.sid, SCOPES).token
-            tokens.append(state.token_issuer.issue(sub, ended.sid, SCOPES).token)
-            tokens.append(state.token_issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token)
+            valid = issuer.issue(sub, alive.sid, SCOPES).token
+            tokens.append(issuer.issue(sub, ended.sid, SCOPES).token)
+            tokens.append(issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token)
             tokens.append(valid)  # forged and malformed from it below, never sent as is
             refresh_tokens.append(ended.refresh_token)
         before = keys_of(redis, settings)
@@ -509,7 +511,7 @@ async def test_the_session_index_stays_at_the_cap(memory_settings: Settings, red
             await login(client, user)
             assert redis.zcard(index) <= MAX_SESSIONS
         for _ in range(40 * MAX_SESSIONS):
-            await app.state.sessions.create(user, SCOPES)
+            await app_state(app).sessions.create(user, SCOPES)
             assert redis.zcard(index) <= MAX_SESSIONS
 
     sessions = set(

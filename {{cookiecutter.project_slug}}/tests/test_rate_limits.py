@@ -18,10 +18,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from {{ cookiecutter.package_name }}.auth.dependencies import limited_principal
 from {{ cookiecutter.package_name }}.auth.passwords import PasswordChecker
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
-from {{ cookiecutter.package_name }}.limiter import limit_by_client
+from {{ cookiecutter.package_name }}.limit_dependencies import limit_by_client
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import delete_keys, keyspace, make_settings, running
 from .helpers import PASSWORD, add_user, bearer, login, me
@@ -279,7 +280,7 @@ async def test_a_refused_attempt_never_reaches_the_password_check(
     settings = limited(login_rate_limit="3/minute", redis_timeout_seconds=5)
     add_user(settings, "alice")
     app = create_app(settings)
-    checker: PasswordChecker = app.state.password_checker
+    checker: PasswordChecker = app_state(app).issuer().password_checker
     check = checker.check
     checked: list[str | None] = []
 

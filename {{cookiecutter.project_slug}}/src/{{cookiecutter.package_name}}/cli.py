@@ -66,10 +66,12 @@ def served_app() -> FastAPI:
     """
     from .main import create_app  # here, so that `create-user` does not load the web stack
     from .shutdown import drain_on_sigterm
+    from .state import app_state
 
     app = create_app()
+    state = app_state(app)
     # Now, not in `serve`: uvicorn has just installed its signal handlers, in this process.
-    drain_on_sigterm(app.state.drain, app.state.settings.shutdown_drain_seconds)
+    drain_on_sigterm(state.drain, state.settings.shutdown_drain_seconds)
     gc.collect()  # today's garbage is freed, not frozen
     gc.freeze()
     return app

@@ -24,6 +24,7 @@ from starlette.routing import Match, Mount
 from starlette.types import Scope
 
 from . import metrics
+from .state import app_state
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 # On every error answer and on every answer of the token routes: nothing a cache should keep
@@ -418,15 +419,16 @@ def declared_names(app: FastAPI) -> frozenset[str]:
     """Every parameter name and schema property name in the app's OpenAPI document (built even
     when `APP_DOCS` is off), plus FastAPI's location names: what a 422's `loc` may name.
 
-    Made at the first 422 and kept on the app. Its size is set by the code (the routes and
+    Made at the first 422 and kept in the app's state. Its size is set by the code (the routes and
     models), never by requests, so keeping it bounds nothing new. Names that are not short ASCII
     are left out, which keeps every 422 ASCII and its size provable."""
-    names: frozenset[str] | None = getattr(app.state, "declared_names", None)
+    state = app_state(app)
+    names = state.declared_names
     if names is None:
         found = set(LOCATIONS)
         found.update(_names_in(app.openapi()))
         names = frozenset(name for name in found if len(name) <= MAX_NAME_CHARS and name.isascii())
-        app.state.declared_names = names
+        state.declared_names = names
     return names
 
 
@@ -451,7 +453,7 @@ def _names_in(document: Any) -> Iterator[str]:
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    request.app.state.outage.failed(exc)  # logged once per outage, not once per request
+    app_state(request).outage.failed(exc)  # logged once per outage, not once per request
     return service_unavailable()
 
 

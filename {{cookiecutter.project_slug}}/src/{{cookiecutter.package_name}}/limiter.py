@@ -4,11 +4,11 @@ Authenticated routes are limited per user inside the session check (`SessionStor
 the same Redis call. The limits here run before anyone is known, so they key on the client's
 address (see `network.client_address`) and, for login, also on the attempted account.
 
-Keys (prefix `p`): `p:{login}:client:<address>` and `p:{login}:account:<digest>` share one hash
-tag, so one script takes from both atomically (on Redis Cluster they live on one node; login
-traffic is small next to authenticated traffic). Public-route buckets are
-`p:{client:<address>}:<policy>`; a remote issuer's subjects without a session here,
-`p:{sub:<digest>}:<policy>`. Every key expires as soon as it no longer limits.
+The two login buckets (the client address's and the account's) share one hash tag
+(`keyspace.py` names every key), so one script takes from both atomically; on Redis Cluster
+they live on one node, and login traffic is small next to authenticated traffic. Every key
+expires as soon as it no longer limits. The route dependencies that apply these limits and
+answer 429 are in `limit_dependencies.py`.
 
 A login attempt is taken from both buckets before the password is checked, so a refused attempt
 costs no hashing and attempts running at the same time can never exceed the limit. A successful
@@ -23,15 +23,12 @@ the price of no limit while it lasts; logins still fail then, because sessions n
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from redis.exceptions import RedisError
 
-from . import errors, metrics, scripts
+from . import scripts
 from .keyspace import Keyspace
 from .multiplex import MultiplexedRedis
-from .network import client_address
 from .outage import RedisOutage
 from .rates import Decision, Rate
 from .redis_clients import RedisClient
@@ -91,32 +88,3 @@ class Limiter:
             self._outage.skipped(error)  # logged once per outage, not once per check
             return Decision(allowed=True, remaining=rate.limit, retry_after_us=0, reset_us=0)
         return Decision.from_script(*reply)
-
-
-def enforce(decision: Decision, rate: Rate, policy: str, response: Response) -> None:
-    """Refuse with 429 when `decision` says so; else put the RateLimit headers on `response`."""
-    headers = decision.headers(rate, policy)
-    if not decision.allowed:
-        metrics.rate_limited(policy)
-        raise errors.rate_limited(headers)
-    response.headers.update(headers)
-
-
-def client_of(request: Request) -> str:
-    """The client's address, believing `X-Forwarded-For` only from `APP_TRUSTED_PROXIES`."""
-    peer = request.client.host if request.client else None
-    forwarded_for = ",".join(request.headers.getlist("x-forwarded-for"))
-    return client_address(peer, forwarded_for, request.app.state.settings.trusted_proxies)
-
-
-def limit_by_client(rate: Rate, policy: str) -> Callable[[Request, Response], Awaitable[None]]:
-    """A dependency limiting a route per client address, for routes without a login. E.g.
-    `@router.get("/prices", dependencies=[Depends(limit_by_client(Rate(30, 60), "public"))])`.
-    """
-    check_policy_name(policy)
-
-    async def within_client_limit(request: Request, response: Response) -> None:
-        decision = await request.app.state.limiter.client_request(client_of(request), rate, policy)
-        enforce(decision, rate, policy, response)
-
-    return within_client_limit

@@ -19,15 +19,17 @@ from .auth.passwords import PasswordChecker, password_hasher
 from .auth.remote import RemoteTokenVerifier
 from .auth.remote_keys import RemoteKeys
 from .auth.sessions import SessionStore
-from .auth.tokens import create_token_pair
+from .auth.tokens import TokenVerifier, create_token_pair
 from .auth.users import FileUserStore, UserStore
 from .errors import install_error_handlers
+from .item_store import ItemStore
 from .limiter import Limiter
 from .middleware import RequestLog
 from .outage import RedisOutage
 from .redis_clients import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 from .shutdown import Drain
+from .state import AppState, Issuing, Stores, attach
 
 logger = logging.getLogger(__name__)
 
@@ -43,29 +45,56 @@ def create_app(
     Keys are read, the dummy password hash is made and the issuer's metadata is serialized here,
     once. `users` and `clients` replace the file-backed user and service-account stores (see
     `UserStore`, `ClientStore`). With APP_JWT_JWKS_URL or APP_OIDC_ISSUER set,
-    the app verifies another issuer's tokens instead (see `auth/remote_keys.py`).
+    the app verifies another issuer's tokens instead (see `auth/remote_keys.py`). What the routes
+    use is one `AppState` (`state.py`), its Redis stores added when the app starts.
 
     `uvicorn {{ cookiecutter.package_name }}.main:create_app --factory` works too (settings then
     come from the environment and `.env`).
     """
     settings = settings or get_settings()
+    remote_keys: RemoteKeys | None = None
+    issuing: Issuing | None = None
+    verifier: TokenVerifier
+    if settings.remote_issuer:
+        # Another service or an identity provider issues the tokens: we only verify them, with
+        # the keys it publishes. No keys of our own, so no login, no refresh, no JWKS here.
+        remote_keys = RemoteKeys(settings)
+        verifier = RemoteTokenVerifier(settings, remote_keys)
+    else:
+        keys = load_key_set(settings)
+        token_issuer, verifier = create_token_pair(settings, keys)
+        issuing = Issuing(keys, token_issuer, PasswordChecker(password_hasher(settings)))
+    drain = Drain()  # started by SIGTERM under `serve` (see shutdown.py)
+    state = AppState(
+        settings=settings,
+        drain=drain,
+        users=users if users is not None else FileUserStore(settings.users_file),
+        clients=clients if clients is not None else FileClientStore(settings.clients_file),
+        token_verifier=verifier,
+        issuing=issuing,
+        remote_keys=remote_keys,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
         per_request = create_per_request_client(settings)  # None on Redis Cluster
         outage = RedisOutage(redis, settings.redis_timeout_seconds)
-        app.state.redis = redis
-        app.state.outage = outage
-        app.state.sessions = SessionStore(redis, settings, per_request)
-        app.state.limiter = Limiter(per_request or redis, settings, outage)
-        app.state.items = items.ItemStore(redis, settings)  # the example router's data
+        state.running = Stores(
+            redis=redis,
+            outage=outage,
+            sessions=SessionStore(redis, settings, per_request),
+            limiter=Limiter(per_request or redis, settings, outage),
+            items=ItemStore(redis, settings),  # the example router's data
+        )
         if remote_keys is not None:
-            logger.info(app.state.token_verifier.describe())  # which tokens it takes, once
+            if isinstance(state.token_verifier, RemoteTokenVerifier):
+                logger.info(state.token_verifier.describe())  # which tokens it takes, once
             await remote_keys.start()  # not ready until the issuer's keys are here
         try:
             yield
         finally:
+            state.running = None
             if remote_keys is not None:
                 await remote_keys.close()
             await outage.close()
@@ -81,37 +110,22 @@ def create_app(
         redoc_url=None,
         openapi_url=docs.OPENAPI_URL if settings.serves_docs else None,
     )
-    app.state.settings = settings
-    app.state.drain = Drain()  # started by SIGTERM under `serve` (see shutdown.py)
-    app.state.users = users if users is not None else FileUserStore(settings.users_file)
-    app.state.clients = clients if clients is not None else FileClientStore(settings.clients_file)
+    attach(app, state)
     install_error_handlers(app)
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
-    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies, drain=app.state.drain)
+    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies, drain=drain)
     if settings.serves_docs:
         docs.install_docs(app)
     app.include_router(health.router)
     if settings.metrics:
         app.include_router(metrics.router)
-    remote_keys = None
-    if settings.remote_issuer:
-        # Another service or an identity provider issues the tokens: we only verify them, with
-        # the keys it publishes. No keys of our own, so no login, no refresh, no JWKS here.
-        remote_keys = RemoteKeys(settings)
-        app.state.remote_keys = remote_keys
-        app.state.token_verifier = RemoteTokenVerifier(settings, remote_keys)
-    else:
-        app.state.keys = load_key_set(settings)
-        app.state.token_issuer, app.state.token_verifier = create_token_pair(
-            settings, app.state.keys
-        )
-        app.state.password_checker = PasswordChecker(password_hasher(settings))
-        if app.state.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
+    if issuing is not None:
+        if issuing.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
             app.include_router(published_keys.router)
         app.include_router(grants.router)  # POST /auth/token
         app.include_router(auth_routes.router)
     app.include_router(me.router)
     app.include_router(items.router)  # the example router: replace it with your own
-    if not settings.remote_issuer:  # with every route in, for the scopes they check
-        install_metadata(app, settings, publishes_keys=app.state.keys.jwks_json is not None)
+    if issuing is not None:  # with every route in, for the scopes they check
+        install_metadata(app, settings, publishes_keys=issuing.keys.jwks_json is not None)
     return app

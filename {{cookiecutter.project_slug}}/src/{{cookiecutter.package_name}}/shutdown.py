@@ -29,7 +29,7 @@ logger = logging.getLogger(f"{PACKAGE}.shutdown")
 
 
 class Drain:
-    """Whether this process is draining. One per app (`app.state.drain`); it only ever goes
+    """Whether this process is draining. One per app (`AppState.drain`); it only ever goes
     from not draining to draining."""
 
     __slots__ = ("started",)

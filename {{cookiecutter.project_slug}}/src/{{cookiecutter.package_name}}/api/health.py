@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from .. import errors
 from ..redis_clients import is_ready
+from ..state import app_state
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -28,11 +29,10 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     """Ready to serve: not draining for a shutdown (SIGTERM), Redis answers PING within the
     configured timeout, and (verifying a remote issuer's tokens) its keys have been fetched."""
-    state = request.app.state
+    state = app_state(request)
     if state.drain.started:  # still serving, but a balancer should send its requests elsewhere
         return errors.service_unavailable()
-    remote_keys = getattr(state, "remote_keys", None)
-    if remote_keys is not None and not remote_keys.ready:
+    if state.remote_keys is not None and not state.remote_keys.ready:
         return errors.service_unavailable()
     if await is_ready(state.redis, state.settings.redis_timeout_seconds):
         return JSONResponse({"status": "ok"})

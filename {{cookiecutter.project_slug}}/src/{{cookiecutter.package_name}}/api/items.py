@@ -13,17 +13,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import errors, scripts
+from .. import errors
 from ..auth.dependencies import limited_principal, require_scopes
 from ..auth.tokens import Principal
-from ..keyspace import Keyspace
+from ..item_store import ItemStore
 from ..rates import Rate
-from ..redis_clients import RedisClient
-from ..settings import Settings
+from ..state import app_state
 
-MAX_ITEMS = 100  # per user; adding one more drops the oldest
 MAX_ITEM_LENGTH = 200  # characters
-ITEMS_TTL_SECONDS = 24 * 60 * 60  # a user's items go a day after their last addition
 # Writing has a limit of its own, in place of APP_RATE_LIMIT: its own bucket per user, taken
 # in the same single Redis call that checks the session.
 WRITE_RATE = Rate(10, 60)
@@ -50,29 +47,8 @@ class Items(BaseModel):
     items: list[Item]  # newest first
 
 
-class ItemStore:
-    """Each user's newest items, in one Redis list per user (the pooled client: these calls
-    come on top of the request's session check)."""
-
-    def __init__(self, redis: RedisClient, settings: Settings) -> None:
-        self._redis = redis
-        self._keys = Keyspace(settings.redis_key_prefix)
-        self._add = scripts.register(redis, "items_add.lua")
-
-    async def add(self, sub: str, text: str) -> None:
-        """One script call: add, drop the oldest beyond `MAX_ITEMS`, renew the TTL."""
-        ttl_ms = ITEMS_TTL_SECONDS * 1000
-        await self._add(keys=[self._keys.items(sub)], args=[text, MAX_ITEMS, ttl_ms])
-
-    async def newest(self, sub: str) -> list[str]:
-        values = await self._redis.lrange(self._keys.items(sub), 0, MAX_ITEMS - 1)
-        # Bytes from this client (it does not decode replies); redis-py's types allow str too.
-        return [value.decode() if isinstance(value, bytes) else value for value in values]
-
-
 def item_store(request: Request) -> ItemStore:
-    store: ItemStore = request.app.state.items
-    return store
+    return app_state(request).items
 
 
 Store = Annotated[ItemStore, Depends(item_store)]

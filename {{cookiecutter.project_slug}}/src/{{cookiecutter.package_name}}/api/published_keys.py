@@ -10,6 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from ..state import app_state
+
 router = APIRouter(tags=["keys"])
 
 # Five minutes: a cache (a sibling service, a proxy) holds the set no longer than that, well
@@ -46,7 +48,7 @@ class KeySetDocument(BaseModel):
 async def jwks(request: Request) -> Response:
     """The current and previous public verification keys, as a JWK Set."""
     return Response(
-        request.app.state.keys.jwks_json,
+        app_state(request).issuer().keys.jwks_json,
         media_type="application/json",
         headers={"Cache-Control": CACHE_CONTROL},
     )

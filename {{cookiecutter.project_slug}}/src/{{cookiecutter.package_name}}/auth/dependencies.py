@@ -15,8 +15,10 @@ from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from .. import errors, metrics
-from ..limiter import check_policy_name, enforce
+from ..limit_dependencies import enforce
+from ..limiter import check_policy_name
 from ..rates import DEFAULT_POLICY, Rate
+from ..state import app_state
 from .remote import verify_with_fresh_keys
 from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 
@@ -80,7 +82,7 @@ class Authenticated(OAuth2PasswordBearer):
         if token is None:
             metrics.auth_rejected("missing")
             raise errors.not_authenticated()
-        state = request.app.state
+        state = app_state(request)
         # None and `UnknownKey` (a `kid` this service does not hold) are both simply invalid,
         # unless a remote issuer has published that key since we last fetched its keys.
         principal = state.token_verifier.verify(token) if token else None

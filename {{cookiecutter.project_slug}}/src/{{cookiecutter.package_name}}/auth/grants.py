@@ -31,7 +31,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from .. import audit, errors
-from ..limiter import LOGIN_POLICY, client_of, enforce
+from ..limit_dependencies import client_of, enforce
+from ..limiter import LOGIN_POLICY
+from ..state import app_state
 from .clients import CLIENT_NAME_PATTERN, MAX_SECRET_INPUT, Client, ClientStore
 from .dependencies import AUTHORIZATION
 from .passwords import MAX_PASSWORD_LENGTH
@@ -174,7 +176,7 @@ def basic_credentials(header: bytes) -> tuple[str, str] | None:
 def public_client_only(request: Request, presented: Presented) -> None:
     """The password and refresh grants are the public client's: any other id, or a secret, is
     `invalid_client` (see the module's docstring)."""
-    public = request.app.state.settings.public_client_id
+    public = app_state(request).settings.public_client_id
     # An empty id is no client at all, so the public one: Swagger UI's password flow sends
     # `Authorization: Basic` of an empty id and secret when its client fields are left blank.
     if presented.client_id not in (None, "", public) or presented.secret:
@@ -192,7 +194,7 @@ async def client_credentials_grant(
     (a dummy argon2 hash for an unknown one) and the same `invalid_client`. The token has a
     session as long as it lives, so the client commands end it at its next request.
     """
-    state = request.app.state
+    state = app_state(request)
     if not presented.client_id or not presented.secret:
         raise errors.invalid_client()
     address, rate = client_of(request), state.settings.login_rate_limit
@@ -204,7 +206,7 @@ async def client_credentials_grant(
     matches = False
     if len(presented.secret) <= MAX_SECRET_INPUT:  # a longer one is wrong, and not hashed
         secret_hash = None if client is None else client.secret_hash
-        matches = await state.password_checker.check(secret_hash, presented.secret)
+        matches = await state.issuer().password_checker.check(secret_hash, presented.secret)
     if not matches or client is None or client.disabled:
         audit.event("client_auth_failed", client=address, sub=client.name if client else None)
         raise errors.invalid_client()
@@ -218,7 +220,7 @@ async def client_credentials_grant(
             client.name,
         )
         raise errors.invalid_client()
-    issuer = state.token_issuer
+    issuer = state.issuer().token_issuer
     sid = await state.sessions.open_for_token(
         client.name, granted, issuer.ttl_seconds + LEEWAY_SECONDS
     )

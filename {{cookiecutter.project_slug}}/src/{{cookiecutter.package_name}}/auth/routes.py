@@ -11,7 +11,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import audit, errors
-from ..limiter import LOGIN_POLICY, client_of, enforce
+from ..limit_dependencies import client_of, enforce
+from ..limiter import LOGIN_POLICY
+from ..state import app_state
 from .dependencies import AUTHENTICATED, CurrentPrincipal
 from .sessions import ReuseDetected, Session, parse_refresh_token
 from .tokens import MAX_TOKEN_BYTES
@@ -36,7 +38,9 @@ class RefreshRequest(BaseModel):
 def token_pair(request: Request, session: Session, response: Response) -> TokenPair:
     """The answer of a successful login or refresh; no cache may keep it (RFC 6749, 5.1)."""
     response.headers.update(errors.NO_STORE)
-    access = request.app.state.token_issuer.issue(session.sub, session.sid, session.scopes)
+    access = (
+        app_state(request).issuer().token_issuer.issue(session.sub, session.sid, session.scopes)
+    )
     return TokenPair(
         access_token=access.token,
         refresh_token=session.refresh_token,
@@ -55,7 +59,7 @@ async def password_grant(
     password take the same path, the same time and the same 401 (the attempt is not given back
     for a disabled user either, so not even the RateLimit header tells them apart).
     """
-    state = request.app.state
+    state = app_state(request)
     client, rate = client_of(request), state.settings.login_rate_limit
     decision = await state.limiter.login_attempt(client, username)
     if not decision.allowed:
@@ -63,7 +67,7 @@ async def password_grant(
     enforce(decision, rate, LOGIN_POLICY, response)
     user = await state.users.get(username) if USERNAME_PATTERN.fullmatch(username) else None
     password_hash = None if user is None else user.password_hash
-    matches = await state.password_checker.check(password_hash, password)
+    matches = await state.issuer().password_checker.check(password_hash, password)
     if not matches or user is None or user.disabled:
         # The account only when it exists: an unknown name may be a mistyped password.
         audit.event("login_failed", client=client, sub=None if user is None else user.name)
@@ -107,7 +111,7 @@ async def refresh(request: Request, response: Response, body: RefreshRequest) ->
 async def continue_session(request: Request, refresh_token: str) -> Session | None:
     """The session `refresh_token` continues, with its next refresh token and the scopes its
     user still has; None when the token is refused (the caller says how)."""
-    state = request.app.state
+    state = app_state(request)
     parsed = parse_refresh_token(refresh_token)
     if parsed is None:
         return None
@@ -139,12 +143,12 @@ async def continue_session(request: Request, refresh_token: str) -> Session | No
 @router.post("/logout", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout(request: Request, principal: CurrentPrincipal) -> None:
     """End this session: its access and refresh tokens stop working on the next request."""
-    await request.app.state.sessions.revoke(principal.sub, principal.sid)
+    await app_state(request).sessions.revoke(principal.sub, principal.sid)
     audit.event("logout", client=client_of(request), sub=principal.sub)
 
 
 @router.post("/logout-all", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout_all(request: Request, principal: CurrentPrincipal) -> None:
     """End every session of this user, in every process, on the next request."""
-    await request.app.state.sessions.revoke_all(principal.sub)
+    await app_state(request).sessions.revoke_all(principal.sub)
     audit.event("logout_all", client=client_of(request), sub=principal.sub)
