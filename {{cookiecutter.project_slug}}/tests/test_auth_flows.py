@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
-from {{ cookiecutter.package_name }}.auth.dependencies import require_scopes
+from {{ cookiecutter.package_name }}.api.security import require_scopes
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.auth.users import FileUserStore, User
 from {{ cookiecutter.package_name }}.main import create_app

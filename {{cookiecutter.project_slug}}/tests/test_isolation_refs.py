@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }} import errors
-from {{ cookiecutter.package_name }}.auth.dependencies import CurrentPrincipal
+from {{ cookiecutter.package_name }}.api.security import CurrentPrincipal
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.state import app_state

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from {{ cookiecutter.package_name }}.auth.dependencies import limited_principal
+from {{ cookiecutter.package_name }}.api.security import limited_principal
 from {{ cookiecutter.package_name }}.auth.passwords import PasswordChecker
 from {{ cookiecutter.package_name }}.auth.tokens import Principal
 from {{ cookiecutter.package_name }}.limit_dependencies import limit_by_client

@@ -9,10 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import docs, metrics
-from .api import health, items, me, published_keys
+from .api import auth_routes, health, items, me, published_keys, token_endpoint
 from .api.metadata import install_metadata
-from .auth import grants
-from .auth import routes as auth_routes
 from .auth.clients import ClientStore, FileClientStore
 from .auth.keys import load_key_set
 from .auth.passwords import PasswordChecker, password_hasher
@@ -122,7 +120,7 @@ def create_app(
     if issuing is not None:
         if issuing.keys.jwks_json is not None:  # RS256/ES256: public keys to publish
             app.include_router(published_keys.router)
-        app.include_router(grants.router)  # POST /auth/token
+        app.include_router(token_endpoint.router)  # POST /auth/token
         app.include_router(auth_routes.router)
     app.include_router(me.router)
     app.include_router(items.router)  # the example router: replace it with your own

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # do, holds one per process: 100 is a fleet of 100 replicas.
     max_tokens_per_client: int = Field(default=100, ge=1, le=1000)
     # The client id written into the tokens of the password grant (RFC 9068 asks for one in
-    # every token): the one public client, with no secret (see auth/grants.py).
+    # every token): the one public client, with no secret (see api/token_endpoint.py).
     public_client_id: str = Field(default="public", pattern=CLIENT_ID)
 
     # argon2id cost of a password hash: iterations, memory in KiB (64 MiB), lanes. The defaults

@@ -1,1 +1,1 @@
-"""HTTP routes that are not about authentication itself."""
+"""The HTTP side: every route, and the dependencies that authenticate and limit them."""

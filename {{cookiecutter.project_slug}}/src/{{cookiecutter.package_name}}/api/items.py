@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import errors
-from ..auth.dependencies import limited_principal, require_scopes
 from ..auth.tokens import Principal
 from ..item_store import ItemStore
 from ..rates import Rate
 from ..state import app_state
+from .security import limited_principal, require_scopes
 
 MAX_ITEM_LENGTH = 200  # characters
 # Writing has a limit of its own, in place of APP_RATE_LIMIT: its own bucket per user, taken

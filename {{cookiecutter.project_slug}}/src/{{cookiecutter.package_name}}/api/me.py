@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from ..auth.dependencies import AUTHENTICATED, CurrentPrincipal
+from .security import AUTHENTICATED, CurrentPrincipal
 
 router = APIRouter(tags=["example"])
 

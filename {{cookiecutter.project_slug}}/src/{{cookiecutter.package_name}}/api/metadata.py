@@ -37,9 +37,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from ..auth.dependencies import REQUIRED_SCOPES
 from ..settings import Settings
 from .published_keys import CACHE_CONTROL
+from .security import REQUIRED_SCOPES
 
 WELL_KNOWN_PATH = "/.well-known/oauth-authorization-server"
 GRANT_TYPES = ["password", "refresh_token", "client_credentials"]

@@ -38,7 +38,7 @@ class UserStore(Protocol):
     and pass an instance to `create_app(settings, users=...)`. Return None for an unknown name;
     the login route then spends the same time on a dummy hash, so callers cannot tell the two
     apart. A user with `disabled=True` gets the answer of a wrong password, and no refresh. A
-    successful login asks twice: again once its session is open (see `auth/routes.py`).
+    successful login asks twice: again once its session is open (see `api/auth_routes.py`).
     Raise on infrastructure failures rather than answering None.
     """
 

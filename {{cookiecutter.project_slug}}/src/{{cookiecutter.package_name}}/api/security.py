@@ -15,12 +15,12 @@ from fastapi.security import OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
 from .. import errors, metrics
+from ..auth.remote import verify_with_fresh_keys
+from ..auth.tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 from ..limit_dependencies import enforce
 from ..limiter import check_policy_name
 from ..rates import DEFAULT_POLICY, Rate
 from ..state import app_state
-from .remote import verify_with_fresh_keys
-from .tokens import MAX_TOKEN_BYTES, Principal, Refused, UnknownKey
 
 MAX_AUTHORIZATION_BYTES = len("Bearer ") + MAX_TOKEN_BYTES
 AUTHORIZATION = b"authorization"  # ASGI header names are lower-case bytes

@@ -1,5 +1,5 @@
 """`/auth/refresh`, `/auth/logout`, `/auth/logout-all`, and the password and refresh grants
-that `POST /auth/token` (grants.py) runs."""
+that `POST /auth/token` (token_endpoint.py) runs."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from .. import audit, errors
+from ..auth.sessions import ReuseDetected, Session, parse_refresh_token
+from ..auth.tokens import MAX_TOKEN_BYTES
+from ..auth.users import USERNAME_PATTERN, User, UserStore
 from ..limit_dependencies import client_of, enforce
 from ..limiter import LOGIN_POLICY
 from ..state import app_state
-from .dependencies import AUTHENTICATED, CurrentPrincipal
-from .sessions import ReuseDetected, Session, parse_refresh_token
-from .tokens import MAX_TOKEN_BYTES
-from .users import USERNAME_PATTERN, User, UserStore
+from .security import AUTHENTICATED, CurrentPrincipal
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

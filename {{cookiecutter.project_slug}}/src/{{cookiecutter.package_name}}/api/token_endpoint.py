@@ -1,7 +1,7 @@
 """`POST /auth/token`: the token endpoint (RFC 6749, section 3.2) and its three grants.
 
 - `grant_type=password` (or no `grant_type`, as before it was read): a user's name and password,
-  for an access and a refresh token (`routes.password_grant`). Its refusals keep their answers:
+  for an access and a refresh token (`auth_routes.password_grant`). Its refusals keep their answers:
   401 `{"detail": "Incorrect username or password"}` with `WWW-Authenticate: Bearer`.
 - `grant_type=refresh_token`: what `POST /auth/refresh` does, answered as RFC 6749 says
   (400 `invalid_grant` for a refresh token that is not good).
@@ -31,15 +31,15 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from .. import audit, errors
+from ..auth.clients import CLIENT_NAME_PATTERN, MAX_SECRET_INPUT, Client, ClientStore
+from ..auth.passwords import MAX_PASSWORD_LENGTH
+from ..auth.tokens import LEEWAY_SECONDS, MAX_TOKEN_BYTES
+from ..auth.users import SCOPE_PATTERN
 from ..limit_dependencies import client_of, enforce
 from ..limiter import LOGIN_POLICY
 from ..state import app_state
-from .clients import CLIENT_NAME_PATTERN, MAX_SECRET_INPUT, Client, ClientStore
-from .dependencies import AUTHORIZATION
-from .passwords import MAX_PASSWORD_LENGTH
-from .routes import MAX_USERNAME_INPUT, TokenPair, continue_session, password_grant, token_pair
-from .tokens import LEEWAY_SECONDS, MAX_TOKEN_BYTES
-from .users import SCOPE_PATTERN
+from .auth_routes import MAX_USERNAME_INPUT, TokenPair, continue_session, password_grant, token_pair
+from .security import AUTHORIZATION
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
