@@ -3,8 +3,9 @@
 Each bake is built and started exactly as generated, as its README says, with the bake's own
 `.env` and key files (owner-only, as the post-gen hook writes them). Only the published host
 ports and the compose project name differ, so that runs never collide with what else the
-machine serves. The engine and the base images come from `docker_engine`; the output says
-whether the base images are the real ones or stand-ins built from Debian's packages.
+machine serves. The engine comes from `tools.docker_engine` and the base images from
+`tools.stand_ins`; the output says whether the base images are the real ones or stand-ins built
+from Debian's packages.
 
 Deselect with `-m 'not docker'`. With `CI=true` a missing engine fails; elsewhere it skips,
 saying what is missing.
@@ -33,16 +34,17 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name
 
-from .baking import bake, clean_environment
-from .docker_engine import (
+from tools.docker_engine import (
     CommandFailed,
     Compose,
     DockerUnavailable,
     compose_v1,
-    ensure_base_images,
     ensure_compose_v2,
     ensure_engine,
 )
+from tools.stand_ins import ensure_base_images
+
+from .baking import bake, clean_environment
 from .locks import DISTRIBUTIONS_SCRIPT, MARKER_ENVIRONMENT_SCRIPT, exported, installed_set
 
 pytestmark = pytest.mark.docker
