@@ -41,6 +41,7 @@ from tools.docker_engine import (
     compose_v1,
     ensure_compose_v2,
     ensure_engine,
+    stack_lock,
 )
 from tools.stand_ins import ensure_base_images
 
@@ -269,17 +270,18 @@ def stack(
     report: Callable[[str], None],
 ) -> Iterator[Stack]:
     """A fresh bake for `request.param` = (answers, compose file[, "v1"]), run with Compose v2
-    (or v1 when named), torn down with `down -v`."""
+    (or v1 when named), torn down with `down -v`; one at a time on this machine (`stack_lock`)."""
     answers, file, *version = request.param
     compose = docker[version[0] if version else "v2"]
     if compose is None:
         unavailable("no Compose v1 (`docker-compose` 1.x) on PATH")
     stack = Stack(compose, bake(tmp_path, **answers), file)
     report(f"{request.node.name}: {compose} runs {file}")
-    try:
-        yield stack
-    finally:
-        stack.run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+    with stack_lock():  # another test run on this engine builds the same image name
+        try:
+            yield stack
+        finally:
+            stack.run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
 
 
 def is_request_line(line: str, method: str, path: str, status: int) -> bool:

@@ -45,6 +45,7 @@ COMPOSE_V2_SUITE = "trixie"
 COMPOSE_V2_MEMBER = "usr/libexec/docker/cli-plugins/docker-compose"
 SYSTEM_PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")  # searched by every docker client
 LOCK_FILE = Path(tempfile.gettempdir()) / "fastapi-jwt-redis-template-docker.lock"
+STACK_LOCK_FILE = Path(tempfile.gettempdir()) / "fastapi-jwt-redis-template-docker-stack.lock"
 
 ENGINE_DEADLINE = 60.0  # seconds for a freshly started dockerd to answer
 ENGINE_STOP_TIMEOUT = 60.0  # seconds dockerd gets to stop after SIGTERM
@@ -193,6 +194,25 @@ def machine_lock() -> Iterator[None]:
     the second one waits and finds the work done.
     """
     descriptor = os.open(LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def stack_lock() -> Iterator[None]:
+    """Hold, for one running compose project, a lock shared by every test run on this machine.
+
+    Two runs can each give their compose project a name of its own, but not the rest of what a
+    bake's compose files fix as generated: the app's image is `<project_slug>:local` in both
+    files, and `compose.scale.yaml` gives its network a fixed subnet. Two runs at once on one
+    engine would tag each other's image (one would start the other's code) or fail to create
+    the second network; holding this lock from `build` to `down`, they take turns instead.
+    It is not `machine_lock`, which a run takes only while it installs or builds.
+    """
+    descriptor = os.open(STACK_LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
