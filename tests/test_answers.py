@@ -2,8 +2,8 @@
 
 The pre-gen hook runs before the project exists, so it keeps copies of the rules of the
 generated code its answers are written into (`Rate`'s pattern, the int literal of a setting's
-default). These tests hold each copy to its original, and bake and serve the bounds of every
-numeric answer.
+default); the post-gen hook keeps a copy of the generated key-pair routine. These tests hold each
+copy to its original, and bake and serve the bounds of every numeric answer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from hooks import post_gen_project as post
 from hooks import pre_gen_project as pre
 
 from .baking import (
@@ -271,3 +274,56 @@ def test_just_past_each_bound_the_bake_stops_with_one_line_naming_the_field(
     assert hook_lines[0].startswith(f"error: {message}")
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# The first key pair (the post-gen hook) and every later one (`rotate-keys`).
+
+
+def key_kind(private_pem: str, public_pem: str) -> tuple[str, ...]:
+    """What a key pair is: its type and size or curve, and the PEM formats of its two halves."""
+    private_key = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    public_key = serialization.load_pem_public_key(public_pem.encode())
+    assert private_key.public_key() == public_key
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        kind = ("RSA", str(private_key.key_size), str(private_key.public_key().public_numbers().e))
+    else:
+        assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+        kind = ("EC", private_key.curve.name)
+    return (*kind, private_pem.splitlines()[0], public_pem.splitlines()[0])
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_the_hook_and_the_generated_package_make_key_pairs_of_one_kind(
+    algorithm: str, tmp_path: Path, bake_venv: Path
+) -> None:
+    """`cryptography` or `openssl` in the post-gen hook, and the generated `new_key_pair`
+    (rotate-keys): one algorithm, one RSA size or curve, PKCS#8 and SubjectPublicKeyInfo PEM."""
+    project = bake(tmp_path, python_version=HOST_PYTHON, jwt_algorithm=algorithm)
+    install_into(bake_venv, project)
+    package = json.loads((project / ".cookiecutter.json").read_text())["package_name"]
+    generated = subprocess.run(
+        [
+            str(bake_venv / "bin" / "python"),
+            "-c",
+            f"import json, sys; from {package}.auth.keys import new_key_pair; "
+            "print(json.dumps(new_key_pair(sys.argv[1])))",
+            algorithm,
+        ],
+        cwd=project, env=clean_environment(), capture_output=True, text=True, timeout=120,
+        check=True,
+    )  # fmt: skip
+    baked = (
+        (project / post.PRIVATE_KEY_FILE).read_text(),
+        (project / post.PUBLIC_KEY_FILE).read_text(),
+    )
+    kinds = {
+        "the bake's": key_kind(*baked),
+        "cryptography's": key_kind(*post.key_pair_with_cryptography(algorithm)),
+        "openssl's": key_kind(*post.key_pair_with_openssl(algorithm)),
+        "new_key_pair's": key_kind(*json.loads(generated.stdout)),
+    }
+    expected = {
+        "RS256": ("RSA", str(post.RSA_KEY_BITS), "65537"),
+        "ES256": ("EC", "secp256r1"),
+    }[algorithm] + ("-----BEGIN PRIVATE KEY-----", "-----BEGIN PUBLIC KEY-----")
+    assert kinds == dict.fromkeys(kinds, expected)
