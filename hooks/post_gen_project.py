@@ -26,7 +26,7 @@ ANSWERS_JSON = r"""{{ cookiecutter | jsonify }}"""
 KEY_DIR = "keys"
 PRIVATE_KEY_FILE = f"{KEY_DIR}/jwt-private.pem"
 PUBLIC_KEY_FILE = f"{KEY_DIR}/jwt-public.pem"
-RSA_KEY_BITS = 3072
+RSA_KEY_BITS = 3072  # as the generated auth/keys.py's RSA_KEY_BITS, for every later key
 SECRET_BYTES = 48  # HS256 needs at least 32 (the hash size, RFC 7518 section 3.2)
 PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"  # settings.py refuses it everywhere
 # The template keeps one lock per python_version (`make lock` at its root writes them), copied
@@ -59,6 +59,13 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
+# The generated package makes its later key pairs (`rotate-keys`) with `new_key_pair` in
+# auth/keys.py, the same routine as `key_pair_with_cryptography` below; this copy stays here
+# because this hook runs in cookiecutter's Python, before the project's dependencies are
+# installed: it cannot import that module, which imports `jose` and the project's settings,
+# and it must also work with no `cryptography` at all (`openssl`). tests/test_answers.py proves
+# that all three make keys of one kind: the algorithm, the RSA size or the curve, PKCS#8 and
+# SubjectPublicKeyInfo PEM.
 def key_pair_with_cryptography(algorithm: str) -> tuple[str, str]:
     """Return (private PEM, public PEM); raises ImportError when `cryptography` is absent."""
     from cryptography.hazmat.primitives import serialization

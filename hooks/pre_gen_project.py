@@ -47,7 +47,21 @@ TAKEN_IMPORT_NAMES = frozenset(
 SLUG = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 PACKAGE = re.compile(r"[a-z_][a-z0-9_]*")
 EMAIL = re.compile(r"[^@\s\"\\]+@[^@\s\"\\]+\.[^@\s\"\\]+")
-RATE = re.compile(r"([1-9][0-9]*)/(second|minute|hour)")
+# The rules below are those of the generated code the answers are written into, copied: this
+# hook runs before the project exists and cannot import it (and, run by cruft, is not told
+# where the template is). tests/test_answers.py proves each copy agrees with its original, and
+# bakes and serves the bounds.
+#
+# `rate_limit` becomes the default of the service's `Rate.from_string` (`RATE_PATTERN` in the
+# generated package's rates.py): this is that pattern. Only the answer as written is taken;
+# from_string would also strip surrounding spaces, which an environment variable may carry.
+RATE = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
+# `access_token_ttl_seconds` is written into settings.py as a Python int literal
+# (`Field(default=<answer>, gt=0)`): plain ASCII digits and no leading zero, or the generated
+# settings.py would not compile (`0900`) or not be Python at all (`٣`).
+SECONDS = re.compile(r"[1-9][0-9]*")
+# A limit of the template's own, not of the generated code (APP_ACCESS_TOKEN_TTL_SECONDS may be
+# longer): the lifetime a new project starts with is short, as the README's answers table says.
 MAX_ACCESS_TOKEN_TTL_SECONDS = 24 * 60 * 60  # one day; access tokens should be short-lived
 UNSAFE_TEXT = re.compile(r"[\"\\\x00-\x1f\x7f{}]")  # breaks TOML/YAML strings or Jinja
 
@@ -112,7 +126,7 @@ def check_choice(field: str, value: str) -> None:
 
 def check_access_token_ttl(value: str) -> None:
     field = "access_token_ttl_seconds"
-    if not value.isdigit() or int(value) < 1:
+    if not SECONDS.fullmatch(value):
         raise InvalidAnswer(
             field, f"{value!r} is not a positive whole number of seconds (e.g. 900)"
         )

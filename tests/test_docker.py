@@ -3,8 +3,9 @@
 Each bake is built and started exactly as generated, as its README says, with the bake's own
 `.env` and key files (owner-only, as the post-gen hook writes them). Only the published host
 ports and the compose project name differ, so that runs never collide with what else the
-machine serves. The engine and the base images come from `docker_engine`; the output says
-whether the base images are the real ones or stand-ins built from Debian's packages.
+machine serves. The engine comes from `tools.docker_engine` and the base images from
+`tools.stand_ins`; the output says whether the base images are the real ones or stand-ins built
+from Debian's packages.
 
 Deselect with `-m 'not docker'`. With `CI=true` a missing engine fails; elsewhere it skips,
 saying what is missing.
@@ -33,16 +34,18 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name
 
-from .baking import bake, clean_environment
-from .docker_engine import (
+from tools.docker_engine import (
     CommandFailed,
     Compose,
     DockerUnavailable,
     compose_v1,
-    ensure_base_images,
     ensure_compose_v2,
     ensure_engine,
+    stack_lock,
 )
+from tools.stand_ins import ensure_base_images
+
+from .baking import bake, clean_environment
 from .locks import DISTRIBUTIONS_SCRIPT, MARKER_ENVIRONMENT_SCRIPT, exported, installed_set
 
 pytestmark = pytest.mark.docker
@@ -267,17 +270,18 @@ def stack(
     report: Callable[[str], None],
 ) -> Iterator[Stack]:
     """A fresh bake for `request.param` = (answers, compose file[, "v1"]), run with Compose v2
-    (or v1 when named), torn down with `down -v`."""
+    (or v1 when named), torn down with `down -v`; one at a time on this machine (`stack_lock`)."""
     answers, file, *version = request.param
     compose = docker[version[0] if version else "v2"]
     if compose is None:
         unavailable("no Compose v1 (`docker-compose` 1.x) on PATH")
     stack = Stack(compose, bake(tmp_path, **answers), file)
     report(f"{request.node.name}: {compose} runs {file}")
-    try:
-        yield stack
-    finally:
-        stack.run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+    with stack_lock():  # another test run on this engine builds the same image name
+        try:
+            yield stack
+        finally:
+            stack.run("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
 
 
 def is_request_line(line: str, method: str, path: str, status: int) -> bool:

@@ -66,8 +66,19 @@ def test_the_default_answers_are_valid() -> None:
             "604800",
             "access_token_ttl_seconds: 604800 is more than a day",
         ),
+        ("access_token_ttl_seconds", "0900", "access_token_ttl_seconds: '0900' is not a positive"),
+        (
+            "access_token_ttl_seconds",
+            "\u00b2",  # SUPERSCRIPT TWO: a digit to str.isdigit, not to int()
+            "access_token_ttl_seconds: '\u00b2' is not a positive",
+        ),
         ("rate_limit", "100/min", "rate_limit: '100/min' is not a rate; use N/second"),
         ("rate_limit", "0/minute", "rate_limit: '0/minute' is not a rate"),
+        (
+            "rate_limit",
+            "1234567890/minute",
+            "rate_limit: '1234567890/minute' is not a rate",
+        ),
         ("rate_limit", "100", "rate_limit: '100' is not a rate"),
         ("ci", "jenkins", "ci: 'jenkins' is not one of github, gitlab, none"),
         ("license", "GPL", "license: 'GPL' is not one of MIT, Apache-2.0, Proprietary"),

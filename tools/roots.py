@@ -33,16 +33,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools import commands
 
 CACHE_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -86,7 +88,6 @@ HOST_APT_SETTINGS = (
 
 DEBOOTSTRAP_TIMEOUT = 900.0  # seconds; about 45 s on two cores, the rest for a slow mirror
 APT_TIMEOUT = 900.0  # seconds for one apt-get run: a few hundred MB from a slow mirror
-OUTPUT_TAIL_LINES = 40  # of a failed command's output, in the error
 
 _SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 # Commands used on this machine, and the package that brings each (all but debootstrap are part
@@ -106,15 +107,12 @@ class RootUnavailable(Exception):
     """A root file system cannot be made or entered on this machine; the message says why."""
 
 
-class CommandFailed(RootUnavailable):
+class CommandFailed(commands.CommandFailed, RootUnavailable):
     """A command failed or hung; the message names it and ends with the end of its output."""
 
-    def __init__(self, step: str, command: Sequence[str], outcome: str, output: str) -> None:
-        self.step = step
-        self.command = list(command)
-        self.outcome = outcome
-        self.output = output
-        super().__init__(f"{step} failed: `{shlex.join(self.command)}` {outcome}\n{_tail(output)}")
+
+# Every command this module runs, raising this module's `CommandFailed` (tools.commands.run).
+_run = functools.partial(commands.run, failure=CommandFailed)
 
 
 @dataclass(frozen=True)
@@ -434,7 +432,7 @@ def debian_mirror() -> str:
     """
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
     for path in sources:
-        text = _read_text(path)
+        text = commands.read_text(path)
         one_line = re.findall(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s", text, flags=re.MULTILINE)
         deb822 = re.findall(r"^URIs:\s*(\S+)", text, flags=re.MULTILINE | re.IGNORECASE)
         for uri in (*one_line, *deb822):
@@ -460,7 +458,7 @@ def _mounts_below(path: Path) -> list[str]:
     prefix = f"{path.resolve()}/"
     points = [
         re.sub(r"\\([0-7]{3})", lambda code: chr(int(code[1], 8)), line.split()[1])
-        for line in _read_text(Path("/proc/self/mounts")).splitlines()
+        for line in commands.read_text(Path("/proc/self/mounts")).splitlines()
         if len(line.split()) > 1
     ]
     return sorted((point for point in points if point.startswith(prefix)), key=len, reverse=True)
@@ -500,56 +498,3 @@ def _apt_install(package: str) -> None:
         timeout=APT_TIMEOUT,
         env=env,
     )
-
-
-def _run(
-    command: Sequence[str],
-    *,
-    step: str,
-    timeout: float,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> str:
-    """Run a command and return what it printed (stdout and stderr together).
-
-    Raises `CommandFailed` when it exits non-zero or outlives `timeout`; a command that times
-    out gets SIGTERM first, so that it can clean up after itself.
-    """
-    with subprocess.Popen(
-        list(command),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=None if env is None else dict(env),
-        text=True,
-        errors="replace",
-    ) as process:
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                output, _ = process.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                output, _ = process.communicate()
-            raise CommandFailed(step, command, f"took over {timeout:.0f} s", output) from None
-    if process.returncode != 0:
-        raise CommandFailed(step, command, f"exited {process.returncode}", output)
-    return output
-
-
-def _tail(output: str) -> str:
-    lines = output.rstrip().splitlines()
-    if not lines:
-        return "(it printed nothing)"
-    shown = lines[-OUTPUT_TAIL_LINES:]
-    return f"--- last {len(shown)} of {len(lines)} lines of its output ---\n" + "\n".join(shown)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""

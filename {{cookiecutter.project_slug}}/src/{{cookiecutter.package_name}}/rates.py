@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 
 PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 60 * 60}
+# The template's pre-gen hook checks the `rate_limit` answer with a copy of this pattern (RATE in
+# hooks/pre_gen_project.py; the template's tests/test_answers.py keeps the two equal).
 RATE_PATTERN = re.compile(r"([1-9][0-9]{0,8})/(second|minute|hour)")
 MICROSECONDS = 1_000_000
 DEFAULT_POLICY = "user"  # the name in the RateLimit headers of the per-user limit

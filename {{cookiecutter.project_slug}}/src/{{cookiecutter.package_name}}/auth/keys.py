@@ -145,7 +145,12 @@ def load_key_set(settings: Settings) -> KeySet:
 
 
 def new_key_pair(algorithm: str) -> tuple[str, str]:
-    """A fresh (private PEM, public PEM) for RS256 or ES256."""
+    """A fresh (private PEM, public PEM) for RS256 or ES256.
+
+    The project's first pair was made by the template's post-gen hook, with a copy of this
+    routine (it ran before this package's dependencies were installed, and can fall back to the
+    `openssl` command); the template's tests keep the two making keys of one kind.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
