@@ -65,7 +65,7 @@ class Users:
         """A real user (refresh looks users up) with one session and its tokens."""
         state = app_state(self.app)
         add_user(state.settings, name, scopes=[scope_of(name)])
-        session = await state.sessions.create(name, frozenset({scope_of(name)}))
+        session = await state.stores.sessions.create(name, frozenset({scope_of(name)}))
         self.access[name] = (
             state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
         )
@@ -114,7 +114,7 @@ async def test_cancelled_requests_never_shift_replies_onto_other_requests(
     for name in live + revoked + refreshing + victims:
         await users.open(name)
     for name in revoked:
-        await app_state(app).sessions.revoke_all(name)
+        await app_state(app).stores.sessions.revoke_all(name)
 
     cancelled = 0
     for round_number in range(ROUNDS):

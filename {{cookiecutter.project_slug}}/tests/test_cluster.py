@@ -109,7 +109,7 @@ def placement(inspector: dict[str, Redis], settings: Settings, name: str) -> tup
 async def test_the_setting_selects_the_cluster_client(cluster_settings: Settings) -> None:
     app = create_app(cluster_settings)
     async with running(app) as client:
-        assert isinstance(app_state(app).redis, ClusterClient)
+        assert isinstance(app_state(app).stores.redis, ClusterClient)
         assert (await client.get("/health/ready")).status_code == 200
 
 

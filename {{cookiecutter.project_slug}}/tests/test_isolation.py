@@ -37,7 +37,7 @@ async def test_concurrent_requests_each_see_only_their_own_subject(busy_app: Fas
         tokens: dict[str, str] = {}
         for number in range(CONCURRENT_REQUESTS):
             name = f"user-{number}"
-            session = await state.sessions.create(name, frozenset({f"scope-{number}"}))
+            session = await state.stores.sessions.create(name, frozenset({f"scope-{number}"}))
             tokens[name] = (
                 state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
             )

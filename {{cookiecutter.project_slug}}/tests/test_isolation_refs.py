@@ -61,7 +61,7 @@ async def tokens_for(app: FastAPI, prefix: str, count: int) -> dict[str, str]:
     tokens = {}
     for number in range(count):
         name = f"{prefix}{number}"
-        session = await state.sessions.create(name, frozenset({f"scope-{number}"}))
+        session = await state.stores.sessions.create(name, frozenset({f"scope-{number}"}))
         tokens[name] = state.issuer().token_issuer.issue(name, session.sid, session.scopes).token
     return tokens
 

@@ -107,7 +107,7 @@ async def test_a_users_items_are_bounded_and_expire(
 ) -> None:
     """However many are added, a user keeps the newest `MAX_ITEMS`, in one key with a TTL."""
     alice = await token_of(client, settings, "alice", "read")
-    store = app_state(app).items
+    store = app_state(app).stores.items
     for number in range(MAX_ITEMS + 5):
         await store.add("alice", f"item {number}")
     listed = (await client.get("/items", headers=bearer(alice))).json()["items"]

@@ -196,7 +196,7 @@ class AuthWorkload:
         """Five requests (six with an HTTP logout): valid, signed for a session that never
         existed, forged, malformed, and valid again after its session ended."""
         state = app_state(self.app)
-        session = await state.sessions.create(sub, SCOPES)
+        session = await state.stores.sessions.create(sub, SCOPES)
         valid: str = state.issuer().token_issuer.issue(sub, session.sid, SCOPES).token
         ghost: str = state.issuer().token_issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token
         await self.get_me(valid, 200)
@@ -207,7 +207,7 @@ class AuthWorkload:
             response = await self.client.post("/auth/logout", headers=bearer(valid))
             assert response.status_code == 204, response.text
         else:
-            await state.sessions.revoke(sub, session.sid)
+            await state.stores.sessions.revoke(sub, session.sid)
         await self.get_me(valid, 401)
         return 6 if index % 2 == 0 else 5
 
@@ -470,9 +470,9 @@ async def test_rejected_requests_write_no_keys(
         refresh_tokens: list[str] = []
         for index in range(20):
             sub = f"alive-{index}"  # users with live sessions, so their keys exist
-            alive = await state.sessions.create(sub, SCOPES)
-            ended = await state.sessions.create(sub, SCOPES)
-            await state.sessions.revoke(sub, ended.sid)
+            alive = await state.stores.sessions.create(sub, SCOPES)
+            ended = await state.stores.sessions.create(sub, SCOPES)
+            await state.stores.sessions.revoke(sub, ended.sid)
             valid = issuer.issue(sub, alive.sid, SCOPES).token
             tokens.append(issuer.issue(sub, ended.sid, SCOPES).token)
             tokens.append(issuer.issue(sub, secrets.token_urlsafe(16), SCOPES).token)
@@ -511,7 +511,7 @@ async def test_the_session_index_stays_at_the_cap(memory_settings: Settings, red
             await login(client, user)
             assert redis.zcard(index) <= MAX_SESSIONS
         for _ in range(40 * MAX_SESSIONS):
-            await app_state(app).sessions.create(user, SCOPES)
+            await app_state(app).stores.sessions.create(user, SCOPES)
             assert redis.zcard(index) <= MAX_SESSIONS
 
     sessions = set(

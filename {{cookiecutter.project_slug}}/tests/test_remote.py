@@ -56,7 +56,7 @@ JWKS_LOGGER = remote_keys.__name__
 async def session_token(state: Any, key: SigningKey, settings: Settings, sub: str) -> str:
     """A token of `key` for a live session of `sub` in the shared Redis (as a sibling service
     that logged `sub` in would have made)."""
-    session = await state.sessions.create(sub, frozenset({"read"}))
+    session = await state.stores.sessions.create(sub, frozenset({"read"}))
     return key.sign(claims_for(settings, sub, session.sid))
 
 
@@ -134,7 +134,7 @@ async def test_accepts_the_issuers_tokens_while_their_session_lives(
         assert response.status_code == 200, response.text
         assert response.json() == {"sub": "alice", "scopes": ["read"]}
         sid = claims_of(token)["sid"]
-        await state.sessions.revoke("alice", sid)  # the issuer's logout, in the shared Redis
+        await state.stores.sessions.revoke("alice", sid)  # the issuer's logout, in the shared Redis
         assert_invalid_token(await client.get("/me", headers=bearer(token)))
 
 

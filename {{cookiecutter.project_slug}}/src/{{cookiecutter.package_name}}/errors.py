@@ -453,7 +453,7 @@ def _names_in(document: Any) -> Iterator[str]:
 
 
 async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    app_state(request).outage.failed(exc)  # logged once per outage, not once per request
+    app_state(request).stores.outage.failed(exc)  # logged once per outage, not once per request
     return service_unavailable()
 
 

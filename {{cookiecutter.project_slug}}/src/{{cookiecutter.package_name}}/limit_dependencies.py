@@ -39,7 +39,9 @@ def limit_by_client(rate: Rate, policy: str) -> Callable[[Request, Response], Aw
     check_policy_name(policy)
 
     async def within_client_limit(request: Request, response: Response) -> None:
-        decision = await app_state(request).limiter.client_request(client_of(request), rate, policy)
+        decision = await app_state(request).stores.limiter.client_request(
+            client_of(request), rate, policy
+        )
         enforce(decision, rate, policy, response)
 
     return within_client_limit

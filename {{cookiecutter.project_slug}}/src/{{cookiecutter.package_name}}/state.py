@@ -77,26 +77,6 @@ class AppState:
             raise LookupError("the app has not started: its Redis stores open in its lifespan")
         return self.running
 
-    @property
-    def redis(self) -> RedisClient:
-        return self.stores.redis
-
-    @property
-    def outage(self) -> RedisOutage:
-        return self.stores.outage
-
-    @property
-    def sessions(self) -> SessionStore:
-        return self.stores.sessions
-
-    @property
-    def limiter(self) -> Limiter:
-        return self.stores.limiter
-
-    @property
-    def items(self) -> ItemStore:
-        return self.stores.items
-
     def issuer(self) -> Issuing:
         """The key set, token issuer and password checker; only an app that issues tokens
         has them (its token routes are mounted only then)."""

@@ -61,7 +61,7 @@ async def password_grant(
     """
     state = app_state(request)
     client, rate = client_of(request), state.settings.login_rate_limit
-    decision = await state.limiter.login_attempt(client, username)
+    decision = await state.stores.limiter.login_attempt(client, username)
     if not decision.allowed:
         audit.event("login_limited", client=client)  # the name tried is attacker's text
     enforce(decision, rate, LOGIN_POLICY, response)
@@ -72,14 +72,14 @@ async def password_grant(
         # The account only when it exists: an unknown name may be a mistyped password.
         audit.event("login_failed", client=client, sub=None if user is None else user.name)
         raise errors.login_failed()
-    refunded = await state.limiter.login_succeeded(client, username)
+    refunded = await state.stores.limiter.login_succeeded(client, username)
     response.headers.update(refunded.headers(rate, LOGIN_POLICY))
-    session = await state.sessions.create(user.name, user.scopes)
+    session = await state.stores.sessions.create(user.name, user.scopes)
     # The user commands change the user first and end the sessions after. A user disabled,
     # deleted or given a new password while this login checked the old one would otherwise keep
     # a session opened after those sessions were ended: so look again, now that it exists.
     if not await still_valid(state.users, user):
-        await state.sessions.revoke(session.sub, session.sid)
+        await state.stores.sessions.revoke(session.sub, session.sid)
         audit.event("login_failed", client=client, sub=user.name)
         raise errors.login_failed()
     audit.event("login_succeeded", client=client, sub=user.name)
@@ -122,9 +122,11 @@ async def continue_session(request: Request, refresh_token: str) -> Session | No
         # `sub` and `sid` are readable in its access token, and a refresh token made up from them
         # must not end it (the client commands end client sessions).
         if user is not None or await state.clients.get(parsed[0]) is None:
-            await state.sessions.revoke(*parsed)
+            await state.stores.sessions.revoke(*parsed)
         return None
-    session: Session | ReuseDetected | None = await state.sessions.rotate_refresh(refresh_token)
+    session: Session | ReuseDetected | None = await state.stores.sessions.rotate_refresh(
+        refresh_token
+    )
     if isinstance(session, ReuseDetected):
         audit.event(
             "refresh_reuse_detected",
@@ -143,12 +145,12 @@ async def continue_session(request: Request, refresh_token: str) -> Session | No
 @router.post("/logout", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout(request: Request, principal: CurrentPrincipal) -> None:
     """End this session: its access and refresh tokens stop working on the next request."""
-    await app_state(request).sessions.revoke(principal.sub, principal.sid)
+    await app_state(request).stores.sessions.revoke(principal.sub, principal.sid)
     audit.event("logout", client=client_of(request), sub=principal.sub)
 
 
 @router.post("/logout-all", status_code=204, response_class=Response, responses=AUTHENTICATED)
 async def logout_all(request: Request, principal: CurrentPrincipal) -> None:
     """End every session of this user, in every process, on the next request."""
-    await app_state(request).sessions.revoke_all(principal.sub)
+    await app_state(request).stores.sessions.revoke_all(principal.sub)
     audit.event("logout_all", client=client_of(request), sub=principal.sub)

@@ -34,6 +34,6 @@ async def ready(request: Request) -> Response:
         return errors.service_unavailable()
     if state.remote_keys is not None and not state.remote_keys.ready:
         return errors.service_unavailable()
-    if await is_ready(state.redis, state.settings.redis_timeout_seconds):
+    if await is_ready(state.stores.redis, state.settings.redis_timeout_seconds):
         return JSONResponse({"status": "ok"})
     return errors.service_unavailable()

@@ -48,7 +48,7 @@ class Items(BaseModel):
 
 
 def item_store(request: Request) -> ItemStore:
-    return app_state(request).items
+    return app_state(request).stores.items
 
 
 Store = Annotated[ItemStore, Depends(item_store)]

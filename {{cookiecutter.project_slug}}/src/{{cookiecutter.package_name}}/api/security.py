@@ -95,9 +95,11 @@ class Authenticated(OAuth2PasswordBearer):
         if state.settings.checks_sessions:
             # One Redis call: the session is alive (logout, logout-all and refresh-token reuse
             # end it) and the user may make one more request under `rate`.
-            decision = await state.sessions.admit(principal.sub, principal.sid, rate, self._policy)
+            decision = await state.stores.sessions.admit(
+                principal.sub, principal.sid, rate, self._policy
+            )
         else:  # a remote issuer's token without a session here: the rate limit is the call
-            decision = await state.limiter.subject_request(principal.sub, rate, self._policy)
+            decision = await state.stores.limiter.subject_request(principal.sub, rate, self._policy)
         if decision is None:  # the session has ended
             metrics.auth_rejected("session")
             raise errors.invalid_token()

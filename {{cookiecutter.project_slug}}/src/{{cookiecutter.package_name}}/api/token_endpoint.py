@@ -198,7 +198,7 @@ async def client_credentials_grant(
     if not presented.client_id or not presented.secret:
         raise errors.invalid_client()
     address, rate = client_of(request), state.settings.login_rate_limit
-    decision = await state.limiter.login_attempt(address, presented.client_id)
+    decision = await state.stores.limiter.login_attempt(address, presented.client_id)
     if not decision.allowed:
         audit.event("client_auth_limited", client=address)  # the id tried is attacker's text
     enforce(decision, rate, LOGIN_POLICY, response)
@@ -210,7 +210,7 @@ async def client_credentials_grant(
     if not matches or client is None or client.disabled:
         audit.event("client_auth_failed", client=address, sub=client.name if client else None)
         raise errors.invalid_client()
-    refunded = await state.limiter.login_succeeded(address, presented.client_id)
+    refunded = await state.stores.limiter.login_succeeded(address, presented.client_id)
     response.headers.update(refunded.headers(rate, LOGIN_POLICY))
     granted = granted_scopes(scope, client.scopes)
     if await state.users.get(client.name) is not None:
@@ -221,13 +221,13 @@ async def client_credentials_grant(
         )
         raise errors.invalid_client()
     issuer = state.issuer().token_issuer
-    sid = await state.sessions.open_for_token(
+    sid = await state.stores.sessions.open_for_token(
         client.name, granted, issuer.ttl_seconds + LEEWAY_SECONDS
     )
     # As for a login: a client disabled, deleted or given a new secret while its old secret was
     # being checked has had its sessions ended before this one opened; look again.
     if not await still_valid(state.clients, client):
-        await state.sessions.revoke(client.name, sid)
+        await state.stores.sessions.revoke(client.name, sid)
         audit.event("client_auth_failed", client=address, sub=client.name)
         raise errors.invalid_client()
     response.headers.update(errors.NO_STORE)
