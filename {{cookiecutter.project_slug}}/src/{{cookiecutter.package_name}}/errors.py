@@ -123,7 +123,7 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
         "description": "The token lacks a scope this route needs",
         "headers": {"WWW-Authenticate": _CHALLENGE},
     },
-    # Answered by the server before the app sees the request (see server.py).
+    # Answered by the server before the app sees the request (server.py, edge_limits.py).
     413: {"model": Error, "description": "The body is over 64 KiB"},
     422: {"model": InvalidRequest, "description": "A parameter or body field is missing or bad"},
     429: {

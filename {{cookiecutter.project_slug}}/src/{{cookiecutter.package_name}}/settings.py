@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     clients_file: Path = Path("data/clients.json")  # service accounts (auth/clients.py)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # The edge (server.py). A request head is at most 16 KiB: real clients send it in one
+    # The edge (edge_limits.py). A request head is at most 16 KiB: real clients send it in one
     # packet, and even a 50 kbit/s link sends it in under 3 s, so 10 s refuses no real client
     # while a client that trickles bytes holds a connection for 10 s, not for ever. The same
     # limit applies to a pause in the middle of a body. (nginx allows 60 s; behind the compose
