@@ -1,7 +1,8 @@
 """The served process bounds what a client can make it hold: header blocks, trailers and bodies.
 
 These talk raw HTTP/1.1 over sockets to `python -m {{ cookiecutter.package_name }} serve`, because
-the limits live in the server's protocol (`server.py`), below FastAPI and below any test client.
+the server's protocol (`server.py`, held to `edge_limits.py`) enforces the limits, below FastAPI
+and below any test client.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from {{ cookiecutter.package_name }}.server import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from {{ cookiecutter.package_name }}.edge_limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 from .conftest import delete_keys, make_settings
 from .helpers import add_user

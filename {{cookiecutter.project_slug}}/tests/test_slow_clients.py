@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from {{ cookiecutter.package_name }}.server import RESERVED_DESCRIPTORS
+from {{ cookiecutter.package_name }}.edge_limits import RESERVED_DESCRIPTORS
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings

@@ -32,7 +32,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .server import EdgeLimits
+    from .edge_limits import EdgeLimits
 
 # After the drain (APP_SHUTDOWN_DRAIN_SECONDS, shutdown.py): how long requests in flight may take
 # to finish once the process stops accepting. compose.scale.yaml's `stop_grace_period` covers
@@ -94,7 +94,7 @@ def key_problem(settings: Settings) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .server import descriptor_problem  # here, so that user commands stay light
+    from .edge_limits import descriptor_problem  # here, so that user commands stay light
 
     settings = load_settings()
     problem = key_problem(settings) or descriptor_problem(
@@ -121,7 +121,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def edge_limits(settings: Settings) -> EdgeLimits:
-    from .server import EdgeLimits
+    from .edge_limits import EdgeLimits
 
     return EdgeLimits(settings.header_timeout_seconds, settings.max_connections)
 

@@ -1,4 +1,7 @@
-"""The service's error responses, in one place.
+"""The service's error answers, in one place: the 400/401/403/429/503 each route raises or
+returns, the token endpoint's RFC 6749 errors, and what each looks like in OpenAPI
+(`responses()`). The handlers that turn them into responses are in `error_handlers.py`; the
+body of a 422 is `validation_problems.py`'s.
 
 Each function builds a new object per call: a module-level exception or response reused across
 requests would keep the last request's traceback (and with it its frames and data) alive.
@@ -7,103 +10,20 @@ requests would keep the last request's traceback (and with it its frames and dat
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterable, Iterator, Mapping
-from decimal import Decimal
-from typing import Any, Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from pydantic_core.core_schema import ErrorType
-from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Mount
-from starlette.types import Scope
 
 from . import metrics
-from .state import app_state
+from .validation_problems import InvalidRequest
 
 SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS = 1
 # On every error answer and on every answer of the token routes: nothing a cache should keep
 # (RFC 6749, section 5.1, asks it of token responses, errors included).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-# A 422 lists the first problems only: a 64 KiB body can hold thousands of mistakes, and listing
-# each made an answer ten times the size of the request (7,708 problems, 674 KB).
-MAX_PROBLEMS = 10
-# ...and stops before this many bytes, whatever the problems hold.
-MAX_INVALID_REQUEST_BYTES = 2048
-# A `loc` goes at most this deep (a recursive model's depth is the client's choice) and names
-# only declared names up to this long; a message and a type are cut at these lengths. With ASCII
-# names and types (pydantic's are), one problem is then at most ~1.7 KiB even with a message
-# written all in `\u` escapes, so the first problem always fits in `MAX_INVALID_REQUEST_BYTES`.
-MAX_LOC_PARTS = 10
-MAX_NAME_CHARS = 64
-MAX_MESSAGE_CHARS = 160
-MAX_TYPE_CHARS = 64
-# `loc` starts with where the problem is; these are FastAPI's names for the places.
-LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
-# Error types pydantic-core defines: their messages are its templates. Any other type is a
-# custom error (`PydanticCustomError`), whose message is whatever the code wrote, input included.
-PYDANTIC_ERROR_TYPES = frozenset(get_args(ErrorType))
-# `ctx` entries pydantic fills from the schema (a bound, a pattern, the allowed values, a class
-# name, ...), never from the input. A message whose `ctx` holds only these, and numbers, cannot
-# quote what was sent.
-SCHEMA_CONTEXT = frozenset(
-    {
-        "class",
-        "class_name",
-        "decimal_places",
-        "discriminator",
-        "expected",
-        "expected_plural",
-        "expected_schemes",
-        "expected_tags",
-        "expected_version",
-        "field_type",
-        "ge",
-        "gt",
-        "le",
-        "lt",
-        "max_digits",
-        "max_length",
-        "method_name",
-        "min_length",
-        "multiple_of",
-        "pattern",
-        "tz_expected",
-        "whole_digits",
-    }
-)
-# What a problem says when pydantic's message would hold input-derived text (the `error` of a
-# validator or a parser, a union tag, an attribute name): the message's fixed part.
-GENERIC_MESSAGES = {
-    "assertion_error": "Assertion failed",
-    "bytes_invalid_encoding": "Data should be valid in its encoding",
-    "date_from_datetime_parsing": "Input should be a valid date or datetime",
-    "date_parsing": "Input should be a valid date in the format YYYY-MM-DD",
-    "datetime_from_date_parsing": "Input should be a valid datetime or date",
-    "datetime_object_invalid": "Invalid datetime object",
-    "datetime_parsing": "Input should be a valid datetime",
-    "get_attribute_error": "Error extracting attribute",
-    "iteration_error": "Error iterating over object",
-    "json_invalid": "Invalid JSON",
-    "mapping_type": "Input should be a valid mapping",
-    "no_such_attribute": "Object has no such attribute",
-    "time_delta_parsing": "Input should be a valid timedelta",
-    "time_parsing": "Input should be in a valid time format",
-    "union_tag_invalid": "Input tag does not match any of the expected tags",
-    "url_parsing": "Input should be a valid URL",
-    "url_syntax_violation": "Input violated strict URL syntax rules",
-    "uuid_parsing": "Input should be a valid UUID",
-    "value_error": "Value error",
-}
-GENERIC_MESSAGE = "Invalid value"
-# The methods a 405's `Allow` is computed from (RFC 9110's, and PATCH), in this order.
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
 # `extra="forbid"` documents each body as complete (`additionalProperties: false`).
@@ -112,25 +32,6 @@ class Error(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     detail: str
-
-
-class ValidationProblem(BaseModel):
-    """One reason a request was refused with 422: where, what, and pydantic's error type."""
-
-    model_config = ConfigDict(extra="forbid")
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class InvalidRequest(BaseModel):
-    """The body of a 422. It holds nothing the client chose: `loc` names only what the schema
-    declares (an unknown key is reported at its parent, without its name), and a message that
-    would quote the input is replaced by a fixed one. At most the first 10 problems, and at most
-    2 KiB in all."""
-
-    model_config = ConfigDict(extra="forbid")
-    detail: list[ValidationProblem]
 
 
 class TokenError(BaseModel):
@@ -202,17 +103,6 @@ def invalid_scope() -> OAuthError:
     return OAuthError(400, "invalid_scope", "The requested scope exceeds the client's scopes")
 
 
-async def _oauth_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, OAuthError):  # registered for that class only
-        raise exc
-    body = TokenError.model_validate({"error": exc.error, "error_description": exc.description})
-    return JSONResponse(
-        status_code=exc.status,
-        content=body.model_dump(),
-        headers={**exc.headers, **NO_STORE},
-    )
-
-
 def _header(description: str, schema_type: str = "string") -> dict[str, Any]:
     return {"description": description, "required": True, "schema": {"type": schema_type}}
 
@@ -233,7 +123,7 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
         "description": "The token lacks a scope this route needs",
         "headers": {"WWW-Authenticate": _CHALLENGE},
     },
-    # Answered by the server before the app sees the request (see server.py).
+    # Answered by the server before the app sees the request (server.py, edge_limits.py).
     413: {"model": Error, "description": "The body is over 64 KiB"},
     422: {"model": InvalidRequest, "description": "A parameter or body field is missing or bad"},
     429: {
@@ -339,167 +229,3 @@ def service_unavailable() -> JSONResponse:
         content={"detail": "Service temporarily unavailable"},
         headers={"Retry-After": str(SERVICE_UNAVAILABLE_RETRY_AFTER_SECONDS), **NO_STORE},
     )
-
-
-async def _invalid_request(request: Request, exc: Exception) -> Response:
-    """422 naming each problem by location, message and type only, and nothing the client chose.
-
-    FastAPI's own answer copies pydantic's `input` (and `ctx`): the submitted values, tokens and
-    passwords included, and text that cannot even be encoded (a lone surrogate from a JSON
-    `\\ud800`), which turned a bad request into a 500 whose traceback printed the body. Pydantic's
-    `loc` and `msg` hold client text too, and this handler leaves it out:
-
-    - `loc` is cut at its first part that is neither an int (a list index, a JSON error's
-      position) nor a name the app declares (`declared_names`): an unknown key, a key of a
-      `dict[str, X]`, a union member's label. The problem is then reported at the parent.
-    - `msg` is pydantic's own only when it is built from the schema alone: a pydantic-core error
-      type whose `ctx` holds only numbers and schema-derived entries (`SCHEMA_CONTEXT`: a bound,
-      a `pattern`, the `expected` values). Otherwise (a validator's text, a parser's complaint,
-      a union tag, any custom error) it is the fixed part of that type's message.
-    - Problems that read the same after this are listed once; the list stops at `MAX_PROBLEMS`
-      and before `MAX_INVALID_REQUEST_BYTES`.
-
-    Nothing here is logged, and ASCII-only JSON always encodes.
-    """
-    if not isinstance(exc, RequestValidationError):  # registered for that class only
-        raise exc
-    names = declared_names(request.app)
-    listed: list[str] = []
-    size = len('{"detail":[]}')
-    for problem in _problems(exc.errors(), names):
-        if problem in listed:
-            continue
-        cost = len(problem) + (1 if listed else 0)  # the comma
-        if size + cost > MAX_INVALID_REQUEST_BYTES:
-            break
-        listed.append(problem)
-        size += cost
-        if len(listed) == MAX_PROBLEMS:
-            break
-    body = '{"detail":[' + ",".join(listed) + "]}"
-    return Response(body, status_code=422, media_type="application/json", headers=NO_STORE)
-
-
-def _problems(errors: Iterable[Mapping[str, Any]], names: frozenset[str]) -> Iterator[str]:
-    """Each of pydantic's errors as one problem, serialized (compact, ASCII-only JSON)."""
-    for error in errors:
-        problem = {
-            "loc": _location(error["loc"], names),
-            "msg": _message(error)[:MAX_MESSAGE_CHARS],
-            "type": str(error["type"])[:MAX_TYPE_CHARS],
-        }
-        yield json.dumps(problem, ensure_ascii=True, separators=(",", ":"))
-
-
-def _location(loc: Iterable[Any], names: frozenset[str]) -> list[str | int]:
-    kept: list[str | int] = []
-    for part in loc:
-        if len(kept) == MAX_LOC_PARTS:
-            break
-        declared = isinstance(part, str) and part in names
-        if not (declared or (isinstance(part, int) and not isinstance(part, bool))):
-            break
-        kept.append(part)
-    return kept
-
-
-def _message(error: Mapping[str, Any]) -> str:
-    kind = str(error["type"])
-    context = error.get("ctx") or {}
-    from_schema = kind in PYDANTIC_ERROR_TYPES and all(
-        key in SCHEMA_CONTEXT or value is None or isinstance(value, (int, float, Decimal))
-        for key, value in context.items()
-    )
-    if from_schema:
-        return str(error["msg"])
-    return GENERIC_MESSAGES.get(kind, GENERIC_MESSAGE)
-
-
-def declared_names(app: FastAPI) -> frozenset[str]:
-    """Every parameter name and schema property name in the app's OpenAPI document (built even
-    when `APP_DOCS` is off), plus FastAPI's location names: what a 422's `loc` may name.
-
-    Made at the first 422 and kept in the app's state. Its size is set by the code (the routes and
-    models), never by requests, so keeping it bounds nothing new. Names that are not short ASCII
-    are left out, which keeps every 422 ASCII and its size provable."""
-    state = app_state(app)
-    names = state.declared_names
-    if names is None:
-        found = set(LOCATIONS)
-        found.update(_names_in(app.openapi()))
-        names = frozenset(name for name in found if len(name) <= MAX_NAME_CHARS and name.isascii())
-        state.declared_names = names
-    return names
-
-
-def _names_in(document: Any) -> Iterator[str]:
-    """The keys of every `properties` and the `name` of every entry in `parameters`, anywhere in
-    the document (all of it comes from the code)."""
-    pending = [document]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, dict):
-            properties = node.get("properties")
-            if isinstance(properties, dict):
-                yield from (name for name in properties if isinstance(name, str))
-            parameters = node.get("parameters")
-            if isinstance(parameters, list):
-                for parameter in parameters:
-                    if isinstance(parameter, dict) and isinstance(parameter.get("name"), str):
-                        yield parameter["name"]
-            pending.extend(node.values())
-        elif isinstance(node, list):
-            pending.extend(node)
-
-
-async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    app_state(request).stores.outage.failed(exc)  # logged once per outage, not once per request
-    return service_unavailable()
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's own answer to an HTTPException (401, 403, 429, and its 400, 404, 405), marked
-    not to be stored; a 405's `Allow` lists every method the path serves."""
-    if not isinstance(exc, StarletteHTTPException):  # registered for that class only
-        raise exc
-    response = await http_exception_handler(request, exc)
-    response.headers.update(NO_STORE)
-    if exc.status_code == 405:
-        raised = (exc.headers or {}).get("Allow", "")
-        allowed = allowed_methods(request.app, request.scope, raised)
-        if allowed:
-            response.headers["Allow"] = allowed
-    return response
-
-
-def allowed_methods(app: FastAPI, scope: Scope, raised: str = "") -> str:
-    """The methods the request's path is served with, for a 405's `Allow` (RFC 9110, 15.5.6).
-
-    Starlette raises 405 with the methods of the first route whose path matched; a path can
-    have more than one route (GET and POST /items are two). So each method is tried against
-    every route, as the router would try it, and `raised` (what the 405 named) is kept. A mount
-    is not tried: the app under it raised the 405 and named its own methods (static files name
-    GET and HEAD)."""
-    methods = {method.strip().upper() for method in raised.split(",") if method.strip()}
-    # The path as the app's router saw it: a mount on the way has extended `root_path` since.
-    root_path = scope.get("app_root_path", scope.get("root_path", ""))
-    probe = {"type": "http", "path": scope["path"], "root_path": root_path}
-    for route in app.router.routes:
-        if isinstance(route, Mount):
-            continue
-        for method in HTTP_METHODS:
-            # A new scope for each try: matching writes into the scope it is given.
-            if route.matches({**probe, "method": method})[0] is Match.FULL:
-                methods.add(method)
-    known = [method for method in HTTP_METHODS if method in methods]
-    return ", ".join(known + sorted(methods.difference(HTTP_METHODS)))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Mark every HTTP error no-store; invalid requests get a 422 that echoes nothing; Redis
-    failures (down, too slow, out of memory, read-only, failing over) get a 503."""
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(OAuthError, _oauth_error)
-    for error in (RedisError, TimeoutError):
-        app.add_exception_handler(error, _redis_unavailable)

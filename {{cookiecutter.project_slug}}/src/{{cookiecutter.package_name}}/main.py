@@ -19,7 +19,7 @@ from .auth.remote_keys import RemoteKeys
 from .auth.sessions import SessionStore
 from .auth.tokens import TokenVerifier, create_token_pair
 from .auth.users import FileUserStore, UserStore
-from .errors import install_error_handlers
+from .error_handlers import install_error_handlers
 from .item_store import ItemStore
 from .limiter import Limiter
 from .middleware import RequestLog

@@ -1,33 +1,18 @@
-"""What a client may make the server hold before the app sees a request: bounded in size, in
-time, and in number.
+"""The HTTP protocol `serve` hands to uvicorn: uvicorn's httptools protocol, held to the edge's
+limits (`edge_limits.py` lists each refusal and the limit it enforces).
 
 uvicorn's httptools protocol keeps reading a request's header block for as long as it lasts (h11
 stops at 16 KiB; httptools has no limit), appends every trailer field of a chunked body to the
 request's headers, waits for ever for a client that stops sending, and accepts connections until
 the process runs out of file descriptors. FastAPI reads a whole body into memory before it
-validates it. The protocol below, which `serve` hands to uvicorn, refuses instead:
-
-- a header block (request line and headers) longer than `MAX_HEADER_BYTES`: 431, before more of
-  it is read;
-- a chunked body's trailer section that does not fit in what its header block left of
-  `MAX_HEADER_BYTES`: 431 (trailer fields are read and dropped: the app never sees them);
-- a body declared longer than `MAX_BODY_BYTES`: 413, before any of it is read and before the app
-  is called; a chunked body that grows past it: 413 (or, once the app has begun its answer, the
-  connection is simply closed);
-- a request head that takes longer than `APP_HEADER_TIMEOUT_SECONDS` from its first byte (for a
-  new connection: from the connection) to its end, or a body that stops arriving for that long:
-  408 (a connection on which nothing at all was sent is closed without an answer);
-- a connection beyond `APP_MAX_CONNECTIONS` open ones in this process: 503, then closed.
+validates it. The protocol below refuses instead: 431 for a header block or a trailer section
+too long, 413 for a body too long, 408 for a client too slow, 503 for a connection too many.
 
 Every answer has the body every error of the service has, `{"detail": ...}`. The connection is
 closed after it, and nothing is logged per refusal: a refusal costs the server no more than the
 bytes it read, and a flood of them must not turn into a flood of log lines. (The connection
 limit logs uvicorn's own "Exceeded concurrency limit." line, which `logs.RepeatedClientWarnings`
 lets through once per window.)
-
-Raise `MAX_BODY_BYTES` if you add routes that take uploads (and `client_max_body_size` in
-`deploy/nginx.conf` with it). `uvicorn --factory ...main:create_app` serves without these limits;
-run the service through `python -m {{ cookiecutter.package_name }} serve`.
 """
 
 from __future__ import annotations
@@ -35,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -43,19 +27,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from .edge_limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, EdgeLimits
 from .middleware import EDGE_REFUSAL
 
-MAX_HEADER_BYTES = 16 * 1024
-MAX_BODY_BYTES = 64 * 1024
 # While a chunked body is read, the parser is fed at most this much at a time. The bytes of a
 # piece that are not body (chunk-size lines, the trailer section) are counted against the
 # trailer budget; counted per piece, the count can run ahead of the truth by less than a piece,
 # so pieces are kept small. A chunked upload of 64 KiB costs 64 calls into the parser.
 CHUNKED_PIECE_BYTES = 1024
-# Descriptors a process needs besides its clients' connections: Redis connections
-# (`APP_REDIS_MAX_CONNECTIONS` comes on top), the listening socket, the event loop, stdio, a key
-# fetch, files. A process is allowed `APP_MAX_CONNECTIONS` + these + the Redis pool.
-RESERVED_DESCRIPTORS = 64
 
 REASONS = {  # RFC 9110's names (Python's own phrase for 413 changed between versions)
     HTTPStatus.REQUEST_TIMEOUT: b"Request Timeout",
@@ -67,43 +46,10 @@ BEGUN = -1  # a header block began during the bytes being fed; its size is not k
 CONCURRENCY_WARNING = "Exceeded concurrency limit."  # uvicorn's words (see logs.CLIENT_WARNINGS)
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeLimits:
-    """The limits that come from settings (`APP_HEADER_TIMEOUT_SECONDS`, `APP_MAX_CONNECTIONS`)."""
-
-    header_timeout_seconds: float
-    max_connections: int
-
-
 def bounded_protocol(limits: EdgeLimits) -> Callable[..., BoundedHttpToolsProtocol]:
     """What `serve` passes to uvicorn as its HTTP protocol: uvicorn calls it as it would call
     the class. A partial of module-level objects, so `--workers` can hand it to its processes."""
     return functools.partial(BoundedHttpToolsProtocol, limits=limits)
-
-
-def descriptor_problem(limits: EdgeLimits, redis_connections: int) -> str | None:
-    """Make sure this process may open a descriptor for every connection it accepts (and its
-    Redis connections): raise its soft limit (`ulimit -n`) up to the hard one where needed, as
-    nginx and Go's runtime do. Returns why that cannot be done, in one line, or None."""
-    try:
-        import resource
-    except ImportError:  # not a Unix: nothing to raise
-        return None
-    needed = limits.max_connections + redis_connections + RESERVED_DESCRIPTORS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return None
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        return (
-            f"APP_MAX_CONNECTIONS: {limits.max_connections} connections (plus Redis and the "
-            f"process's own files) need {needed} file descriptors, and this process may open "
-            f"at most {hard} (ulimit -Hn); lower APP_MAX_CONNECTIONS or raise the limit"
-        )
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    except (OSError, ValueError) as error:  # e.g. macOS caps it below an unlimited hard limit
-        return f"APP_MAX_CONNECTIONS: cannot allow {needed} file descriptors: {error}"
-    return None
 
 
 def header_block_start(data: bytes) -> int:

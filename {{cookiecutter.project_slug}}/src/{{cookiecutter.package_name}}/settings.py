@@ -1,4 +1,6 @@
-"""Configuration, read once from the environment (prefix `APP_`) and from `.env`.
+"""Configuration, read once from the environment (prefix `APP_`) and from `.env`: every setting
+with its default and its reason, and the checks that weigh one setting against another. What
+each kind of value accepts (a rate, a list, a network, a Redis URL) is `setting_types.py`'s.
 
 Nothing here runs at import time: call `get_settings()` (or build `Settings(...)` in tests)
 and hand the result to `create_app`.
@@ -10,15 +12,22 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
-from urllib.parse import unquote, urlsplit
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from redis.asyncio.connection import parse_url  # what create_redis uses
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .network import IPNetwork, parse_network
 from .rates import Rate
+from .setting_types import (
+    ClaimNames,
+    MediaTypes,
+    Networks,
+    RateSetting,
+    RedisUrl,
+    Secrets,
+    redis_password,
+)
 
 MIN_SECRET_BYTES = 32  # HS256 needs a key at least as long as its hash (RFC 7518, section 3.2)
 # The words of `.env.example`'s values: published with every copy of this project, so anyone
@@ -27,10 +36,6 @@ PLACEHOLDERS = ("change-me", "changeme", "placeholder")
 # What else makes a production secret look hand-written rather than random.
 WEAK_MARKERS = ("secret", "example")
 URL_PATTERN = r"^https?://[^\s]+$"
-# A media type as a `typ` header writes it (RFC 6838's restricted names, with or without a
-# type), and a JSON claim name as tokens use them.
-MEDIA_TYPE = re.compile(r"(?:[A-Za-z0-9][\w!#$&^.+-]{0,126}/)?[A-Za-z0-9][\w!#$&^.+-]{0,126}")
-CLAIM_NAME = re.compile(r"[\x21-\x7e]{1,64}")
 # A value of APP_JWT_ISSUER that means to be a URL (and must then be a usable issuer URL); any
 # other value is an opaque name, as the default (the project slug) is.
 URL_LIKE = re.compile(r"^https?:", re.IGNORECASE)
@@ -48,7 +53,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
 
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: RedisUrl = "redis://localhost:6379/0"
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
     redis_max_connections: int = Field(default=64, ge=1)
     redis_cluster: bool = False  # Redis Cluster client; APP_REDIS_URL names any one node
@@ -57,7 +62,7 @@ class Settings(BaseSettings):
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "{{ cookiecutter.jwt_algorithm }}"
     jwt_secret: SecretStr | None = None
     # HS256 after a rotation: secrets still accepted for verification, never used to sign.
-    jwt_previous_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    jwt_previous_secrets: Secrets = ()
     jwt_private_key_file: Path | None = None
     jwt_public_key_file: Path | None = None
     # An https URL (http in development) makes the issuer discoverable (RFC 8414); see
@@ -75,9 +80,9 @@ class Settings(BaseSettings):
     # Remote mode: the `typ` values that mark an access token (compared as RFC 7515 says: no
     # case, `application/` optional), whether a token without `typ` is one, and the claims that
     # hold scopes (see auth/remote.py).
-    jwt_accepted_types: Annotated[tuple[str, ...], NoDecode] = ("at+jwt", "jwt")
+    jwt_accepted_types: MediaTypes = ("at+jwt", "jwt")
     jwt_allow_missing_typ: bool = False
-    jwt_scope_claims: Annotated[tuple[str, ...], NoDecode] = ("scope", "scp")
+    jwt_scope_claims: ClaimNames = ("scope", "scp")
 
     session_idle_ttl_seconds: int = Field(default=1800, gt=0)
     session_absolute_ttl_seconds: int = Field(default=86400, gt=0)
@@ -97,10 +102,10 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=65536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
 
-    rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("{{ cookiecutter.rate_limit }}")
-    login_rate_limit: Annotated[Rate, NoDecode] = Rate.from_string("5/minute")
+    rate_limit: RateSetting = Rate.from_string("{{ cookiecutter.rate_limit }}")
+    login_rate_limit: RateSetting = Rate.from_string("5/minute")
     rate_limit_fail_open: bool = False
-    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = ()
+    trusted_proxies: Networks = ()
 
     # None: json in production (one object per line, for a log collector), text otherwise.
     log_format: Literal["json", "text"] | None = None
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
     clients_file: Path = Path("data/clients.json")  # service accounts (auth/clients.py)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # The edge (server.py). A request head is at most 16 KiB: real clients send it in one
+    # The edge (edge_limits.py). A request head is at most 16 KiB: real clients send it in one
     # packet, and even a 50 kbit/s link sends it in under 3 s, so 10 s refuses no real client
     # while a client that trickles bytes holds a connection for 10 s, not for ever. The same
     # limit applies to a pause in the middle of a body. (nginx allows 60 s; behind the compose
@@ -131,74 +136,6 @@ class Settings(BaseSettings):
     # /docs, /redoc and /openapi.json. None: on in development, off in production, where the
     # document would show every route and parameter to anyone who can reach the port.
     docs: bool | None = None
-
-    @field_validator("rate_limit", "login_rate_limit", mode="before")
-    @classmethod
-    def _parse_rate(cls, value: object) -> object:
-        return Rate.from_string(value) if isinstance(value, str) else value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        """Parsed as the connection pool will parse it, so a malformed URL stops startup (or a user
-        command) with one line, not a traceback at the first connection. The message never
-        repeats the URL: it may hold the password."""
-        try:
-            parse_url(value)
-        except ValueError:
-            raise ValueError(
-                "not a Redis URL; use redis://[:password@]host[:port][/db], rediss://... for "
-                "TLS, or unix:///path/to/socket"
-            ) from None
-        return value
-
-    @field_validator("jwt_previous_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        """Comma-separated; a secret from `secrets.token_urlsafe` never holds a comma."""
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("jwt_accepted_types", "jwt_scope_claims", mode="before")
-    @classmethod
-    def _split_names(cls, value: object) -> object:
-        """Comma-separated, as `at+jwt, jwt`."""
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("jwt_accepted_types")
-    @classmethod
-    def _check_media_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for typ in value:
-            if not MEDIA_TYPE.fullmatch(typ):
-                raise ValueError(
-                    f"{typ[:80]!r} is not a media type; use names such as at+jwt, "
-                    "application/at+jwt or jwt, comma-separated"
-                )
-        return value
-
-    @field_validator("jwt_scope_claims")
-    @classmethod
-    def _check_claim_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not CLAIM_NAME.fullmatch(name):
-                raise ValueError(
-                    f"{name[:80]!r} is not a claim name; use names such as scope or scp, "
-                    "comma-separated"
-                )
-        return value
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _split_networks(cls, value: object) -> object:
-        """Accept `10.0.0.0/8, 192.168.1.7` as well as a list. Each text is parsed here: left to
-        pydantic, a bad one was two errors (IPv4, IPv6) named after its validators' internals."""
-        parts = value.replace(",", " ").split() if isinstance(value, str) else value
-        if isinstance(parts, (list, tuple)):
-            return tuple(parse_network(part) if isinstance(part, str) else part for part in parts)
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -344,15 +281,6 @@ class Settings(BaseSettings):
 
 def is_placeholder(value: str | None) -> bool:
     return value is not None and any(word in value.lower() for word in PLACEHOLDERS)
-
-
-def redis_password(url: str) -> str | None:
-    """The password in a Redis URL, if it has one (a malformed URL is redis-py's to report)."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return None if password is None else unquote(password)
 
 
 def _as_whom() -> str:

@@ -68,7 +68,7 @@ class AppState:
     issuing: Issuing | None  # None: tokens come from a remote issuer
     remote_keys: RemoteKeys | None  # that issuer's published keys
     running: Stores | None = field(default=None)
-    # What a 422 may name: made from the OpenAPI document at the first 422 (`errors.py`).
+    # What a 422 may name: made from the OpenAPI document at the first 422 (`error_handlers.py`).
     declared_names: frozenset[str] | None = field(default=None)
 
     @property
