@@ -3,8 +3,8 @@ delete-client, rotate-client-secret.
 
 A secret is printed once, to stdout, on a line of its own (`client_secret: <secret>`), and kept
 only as an argon2 hash; it is never logged. The exit status is that of the user commands: 0 when
-done; 2 when nothing was changed (an unknown client, a name that is taken, bad input, an unreadable
-file), with one line on stderr; 1 when the clients file was changed
+done; 2 when nothing was changed (an unknown client, a name that is taken, bad input, a clients
+file that is missing or unreadable), with one line on stderr; 1 when the clients file was changed
 but the client's tokens could not be ended (Redis did not answer), so the command should be run
 again.
 """
@@ -105,7 +105,8 @@ def create_client(args: argparse.Namespace) -> None:
 
 
 def list_clients(args: argparse.Namespace) -> None:
-    """Each client's name, state and scopes; never a secret or its hash."""
+    """Each client's name, state and scopes; never a secret or its hash. A clients file that
+    does not exist is an error (it names where it was looked for), one without clients is not."""
     settings = load_settings()
     list_records("list-clients", CLIENTS, FileClientStore(settings.clients_file))
 

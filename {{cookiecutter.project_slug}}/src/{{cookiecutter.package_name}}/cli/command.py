@@ -7,6 +7,7 @@ users and clients files, and ending a name's sessions. The commands of `serve.py
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,11 @@ REFUSED = 2
 # A file was changed but Redis did not answer, so the name's sessions could not be ended: the
 # change holds (no new login, refresh or token), and running the same command again finishes it.
 UNFINISHED = 1
+
+# A setting that `.env` gives a checkout and nothing else does (the secret, the key files).
+# Missing where there is no `.env`, the likely cause is a command run outside the project folder,
+# and the setting's own hint ("generate one") would send the user the wrong way.
+REQUIRED_SETTING = re.compile(r"^(APP_[A-Z0-9_]+) is required for ")
 
 
 class CommandError(Exception):
@@ -61,12 +67,26 @@ def describe(error: ValidationError) -> str:
 
 
 def load_settings() -> Settings:
-    """The settings, or CommandError (2) with one line per bad one."""
+    """The settings, or CommandError (2) with one line per bad one. A required setting missing
+    where there is no `.env` is reported as that: no `.env`, and the folder looked in."""
     try:
         return get_settings()
     except ValidationError as error:
         problems = setting_problems(error)
+    env_file = Path(str(Settings.model_config.get("env_file")))  # relative: the current folder
+    if not env_file.exists():
+        problems = [without_env_file(problem, env_file) for problem in problems]
     raise CommandError("\n".join(problems))
+
+
+def without_env_file(problem: str, env_file: Path) -> str:
+    required = REQUIRED_SETTING.match(problem)
+    if required is None:
+        return problem
+    folder = env_file.absolute().parent
+    return (
+        f"no {env_file.name} in {folder} (run this from the project folder, or set {required[1]})"
+    )
 
 
 def end_sessions(command: str, settings: Settings, name: str, done: str) -> int:
@@ -128,6 +148,16 @@ class Kind:
     invalid: str  # why a file that parses badly cannot be read
 
 
+def must_exist(command: str, kind: Kind, path: Path) -> None:
+    """The records file exists; else CommandError (2) naming where it was looked for, as an
+    absolute path: a relative one (the default `data/...`) is relative to the current folder."""
+    if not path.exists():
+        raise CommandError(
+            f"{command}: no {kind.plural} file at {path.absolute()} ({kind.creator} writes it; "
+            f"run this from the project folder, or set {kind.setting})"
+        )
+
+
 def unreadable(command: str, kind: Kind, path: Path, error: OSError | ValueError) -> CommandError:
     """A records file (or its folder) cannot be read or parsed: one line, never its content."""
     reason = error.strerror if isinstance(error, OSError) else kind.invalid
@@ -136,7 +166,9 @@ def unreadable(command: str, kind: Kind, path: Path, error: OSError | ValueError
 
 
 def list_records(command: str, kind: Kind, records: RecordStore[R]) -> None:
-    """One line per record, sorted by name: its name, state and scopes."""
+    """One line per record, sorted by name: its name, state and scopes. A file that does not
+    exist is an error; one that exists and holds none says so, with status 0."""
+    must_exist(command, kind, records.path)
     try:
         listed = records.read_all()
     except (OSError, ValueError) as error:
@@ -161,13 +193,14 @@ def change_record(
     event: str,
 ) -> None:
     """Change record `name` in its file with `edit` (None deletes it) and write audit `event`,
-    or CommandError (2) saying why nothing changed: an unreadable file, no such name.
+    or CommandError (2) saying why nothing changed: no file, an unreadable one, no such name.
 
     The commands that end sessions call this first: from then on the name can neither log in,
     refresh nor get a token (each looks the record up, and a login or grant looks again once its
     session exists), so no session appears after the sessions are ended. The other order would
     leave a moment in between to log in again.
     """
+    must_exist(command, kind, records.path)  # before `change`, which would make its folder
     try:
         found = records.change(name, edit)
     except (OSError, ValueError) as error:
@@ -181,6 +214,7 @@ def change_record(
 def require_record(command: str, kind: Kind, records: RecordStore[R], name: str) -> None:
     """Record `name` is in its file now, or CommandError (2) as `change_record` would raise it:
     for a command that asks for input before it changes anything."""
+    must_exist(command, kind, records.path)
     try:
         known = name in records.read_all()
     except (OSError, ValueError) as error:

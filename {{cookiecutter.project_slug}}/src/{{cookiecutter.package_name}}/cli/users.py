@@ -4,7 +4,7 @@ delete-user.
 A password is read from stdin (typed twice at a terminal), never from the command line, where it
 would land in shell history and `ps`; it is kept only as an argon2 hash, and never printed or
 logged. Each command exits 0 when done; 2 when it changed nothing (an unknown user, bad input,
-an unreadable file), with one line on stderr; 1 when the users file was
+a users file that is missing or unreadable), with one line on stderr; 1 when the users file was
 changed but the user's sessions could not be ended (Redis did not answer), so the command should
 be run again: each of them may be repeated.
 """
@@ -105,7 +105,8 @@ def create_user(args: argparse.Namespace) -> None:
 
 
 def list_users(args: argparse.Namespace) -> None:
-    """Each user's name, state and scopes; never a password hash."""
+    """Each user's name, state and scopes; never a password hash. A users file that does not
+    exist is an error (it names where it was looked for), one without users is not."""
     settings = load_settings()
     list_records("list-users", USERS, FileUserStore(settings.users_file))
 
