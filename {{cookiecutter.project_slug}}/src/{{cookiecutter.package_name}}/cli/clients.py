@@ -25,6 +25,7 @@ from ..settings import Settings
 from .command import (
     CommandError,
     Kind,
+    add_record_commands,
     change_record,
     end_sessions,
     list_records,
@@ -47,27 +48,21 @@ CLIENTS = Kind(
 
 def add_commands(commands: Any) -> None:
     """Add the client commands to `commands` (argparse's subparsers of the main parser)."""
-    create = commands.add_parser(
-        "create-client", help="add a service account; prints its secret once"
+    add_record_commands(
+        commands,
+        ("create-client", create_client, "add a service account; prints its secret once"),
+        ("list-clients", list_clients, "each client's name, state and scopes"),
+        [
+            ("disable-client", disable_client, "refuse the client's tokens and end its live ones"),
+            ("enable-client", enable_client, "let a disabled client get tokens again"),
+            ("delete-client", delete_client, "remove the client and end its live tokens"),
+            (
+                "rotate-client-secret",
+                rotate_client_secret,
+                "a new secret, printed once; ends the client's live tokens",
+            ),
+        ],
     )
-    create.add_argument("name")
-    create.add_argument("--scopes", default="", help='space-separated, e.g. "read write"')
-    create.set_defaults(handler=create_client)
-    listing = commands.add_parser("list-clients", help="each client's name, state and scopes")
-    listing.set_defaults(handler=list_clients)
-    for name, handler, summary in (
-        ("disable-client", disable_client, "refuse the client's tokens and end its live ones"),
-        ("enable-client", enable_client, "let a disabled client get tokens again"),
-        ("delete-client", delete_client, "remove the client and end its live tokens"),
-        (
-            "rotate-client-secret",
-            rotate_client_secret,
-            "a new secret, printed once; ends the client's live tokens",
-        ),
-    ):
-        command = commands.add_parser(name, help=summary)
-        command.add_argument("name")
-        command.set_defaults(handler=handler)
 
 
 def create_client(args: argparse.Namespace) -> None:

@@ -6,12 +6,13 @@ users and clients files, and ending a name's sessions. The commands of `serve.py
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -32,6 +33,10 @@ UNFINISHED = 1
 # Missing where there is no `.env`, the likely cause is a command run outside the project folder,
 # and the setting's own hint ("generate one") would send the user the wrong way.
 REQUIRED_SETTING = re.compile(r"^(APP_[A-Z0-9_]+) is required for ")
+
+
+# A command's (name, function, one-line help); the function raises CommandError or returns (0).
+Command = tuple[str, Callable[[argparse.Namespace], None], str]
 
 
 class CommandError(Exception):
@@ -146,6 +151,25 @@ class Kind:
     setting: str  # the variable naming the file
     creator: str  # the command that writes a new file
     invalid: str  # why a file that parses badly cannot be read
+
+
+def add_record_commands(
+    commands: Any, create: Command, listing: Command, on_one: Iterable[Command]
+) -> None:
+    """Add the commands of one kind of record to `commands` (argparse's subparsers of the main
+    parser), as users and clients both have them: `create` takes NAME and `--scopes`, `listing`
+    no argument, and each of `on_one` the NAME of the record it changes."""
+    name, function, summary = create
+    parser = commands.add_parser(name, help=summary)
+    parser.add_argument("name")
+    parser.add_argument("--scopes", default="", help='space-separated, e.g. "read write"')
+    parser.set_defaults(handler=function)
+    name, function, summary = listing
+    commands.add_parser(name, help=summary).set_defaults(handler=function)
+    for name, function, summary in on_one:
+        parser = commands.add_parser(name, help=summary)
+        parser.add_argument("name")
+        parser.set_defaults(handler=function)
 
 
 def must_exist(command: str, kind: Kind, path: Path) -> None:

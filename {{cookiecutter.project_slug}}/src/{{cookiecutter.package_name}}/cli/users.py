@@ -27,6 +27,7 @@ from ..settings import Settings
 from .command import (
     CommandError,
     Kind,
+    add_record_commands,
     change_record,
     end_sessions,
     list_records,
@@ -47,28 +48,25 @@ USERS = Kind(
 
 def add_commands(commands: Any) -> None:
     """Add the user commands to `commands` (argparse's subparsers of the main parser)."""
-    create = commands.add_parser(
-        "create-user", help="add a user; the password is read from stdin, never from argv"
-    )
-    create.add_argument("name")
-    create.add_argument("--scopes", default="", help='space-separated, e.g. "read write"')
-    create.set_defaults(handler=create_user)
-
-    listing = commands.add_parser("list-users", help="each user's name, state and scopes")
-    listing.set_defaults(handler=list_users)
-    for name, handler, summary in (
+    add_record_commands(
+        commands,
         (
-            "set-password",
-            set_password,
-            "a new password, read from stdin, never from argv; ends the user's sessions",
+            "create-user",
+            create_user,
+            "add a user; the password is read from stdin, never from argv",
         ),
-        ("disable-user", disable_user, "refuse the user's logins and end their sessions"),
-        ("enable-user", enable_user, "let a disabled user log in again"),
-        ("delete-user", delete_user, "remove the user and end their sessions"),
-    ):
-        command = commands.add_parser(name, help=summary)
-        command.add_argument("name")
-        command.set_defaults(handler=handler)
+        ("list-users", list_users, "each user's name, state and scopes"),
+        [
+            (
+                "set-password",
+                set_password,
+                "a new password, read from stdin, never from argv; ends the user's sessions",
+            ),
+            ("disable-user", disable_user, "refuse the user's logins and end their sessions"),
+            ("enable-user", enable_user, "let a disabled user log in again"),
+            ("delete-user", delete_user, "remove the user and end their sessions"),
+        ],
+    )
 
 
 def create_user(args: argparse.Namespace) -> None:
