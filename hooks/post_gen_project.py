@@ -28,6 +28,11 @@ PRIVATE_KEY_FILE = f"{KEY_DIR}/jwt-private.pem"
 PUBLIC_KEY_FILE = f"{KEY_DIR}/jwt-public.pem"
 RSA_KEY_BITS = 3072  # as the generated auth/keys.py's RSA_KEY_BITS, for every later key
 SECRET_BYTES = 48  # HS256 needs at least 32 (the hash size, RFC 7518 section 3.2)
+# The port of the README quickstart's redis-server, which `.env` points the service at: not
+# Redis's 6379, where a distribution's redis-server (`apt-get install` starts one) or another
+# project's may be listening already. `redis-server --daemonize yes` exits 0 and says nothing
+# when its port is taken, so on 6379 the quickstart would quietly use someone else's Redis.
+LOCAL_REDIS_PORT = 6390
 PLACEHOLDER_SECRET = "change-me-to-a-long-random-secret"  # settings.py refuses it everywhere
 # The template keeps one lock per python_version (`make lock` at its root writes them), copied
 # unrendered; each names the project this, and the bake puts its own name in.
@@ -127,6 +132,8 @@ def env_lines(algorithm: str, jwt_secret: str | None, redis_password: str) -> li
     else:
         lines.append(f"APP_JWT_PRIVATE_KEY_FILE={PRIVATE_KEY_FILE}")
         lines.append(f"APP_JWT_PUBLIC_KEY_FILE={PUBLIC_KEY_FILE}")
+    lines.append("# The README quickstart's redis-server (compose.yaml sets its own APP_REDIS_URL).")
+    lines.append(f"APP_REDIS_URL=redis://127.0.0.1:{LOCAL_REDIS_PORT}/0")
     lines.append(
         "# The password of the Redis that compose.yaml starts (not used by a local redis-server)."
     )

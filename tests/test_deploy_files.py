@@ -246,7 +246,7 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     assert re.search(r"location = /metrics \{\s*return 404;\s*\}", nginx)
     # nginx stops reusing an upstream connection before uvicorn would close it.
     nginx_keepalive = int(re.search(r"keepalive_timeout (\d+)s;", nginx)[1])  # type: ignore[index]
-    cli = next((project / "src").glob("*/cli.py")).read_text()
+    cli = next((project / "src").glob("*/cli/serve.py")).read_text()
     uvicorn_keepalive = int(re.search(r"^KEEP_ALIVE_SECONDS = (\d+)", cli, re.M)[1])  # type: ignore[index]
     assert nginx_keepalive < uvicorn_keepalive
     mounted = [str(volume) for volume in proxy["volumes"]]
@@ -311,9 +311,9 @@ def test_scaled_compose_follows_replicas_and_lets_them_drain(project: Path) -> N
         "proxy_next_upstream error timeout non_idempotent",
     ]
 
-    package = next((project / "src").glob("*/cli.py")).parent
+    package = next((project / "src").glob("*/cli/serve.py")).parent.parent
     settings = (package / "settings.py").read_text()
-    cli = (package / "cli.py").read_text()
+    cli = (package / "cli" / "serve.py").read_text()
     drain = seconds_of(r"shutdown_drain_seconds: float = Field\(default=(\d+)", settings)
     graceful = seconds_of(r"^GRACEFUL_SHUTDOWN_SECONDS = (\d+)", cli)
     assert "APP_SHUTDOWN_DRAIN_SECONDS" not in app["environment"]  # the default

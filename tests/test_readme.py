@@ -101,6 +101,25 @@ def test_the_quickstart_redis_leaves_nothing_in_the_project(
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
+def test_the_quickstart_redis_is_on_the_port_env_points_the_service_at(
+    project: Path, commands: list[str]
+) -> None:
+    """Not Redis's 6379, where a distribution's redis-server (apt starts one) or another
+    project's may listen already: `redis-server --daemonize yes` says nothing when its port is
+    taken, and the service would use that other Redis."""
+    (command,) = [command for command in commands if command.startswith("redis-server ")]
+    arguments = shlex.split(command, comments=True)[1:]
+    port = arguments[arguments.index("--port") + 1]
+    assert port != "6379"
+    env = dict(
+        line.split("=", 1)
+        for line in (project / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert env["APP_REDIS_URL"] == f"redis://127.0.0.1:{port}/0"
+    assert f"redis-cli -p {port} config get dir" in (project / "README.md").read_text()
+
+
 def test_what_a_local_redis_could_save_is_git_ignored(project: Path) -> None:
     ignored = set((project / ".gitignore").read_text().splitlines())
     assert {"dump.rdb", "appendonly.aof", "appendonlydir/"} <= ignored

@@ -104,7 +104,7 @@ SERVE = ["-m", PACKAGE, "serve", "--port"]
 # `--stock`: the same app under uvicorn's own protocol and logging configuration, i.e. without
 # what `serve` adds (the header and body limits of server.py, logs.py's format and filter).
 STOCK_SERVER = (
-    "import sys, uvicorn; uvicorn.run('{{ cookiecutter.package_name }}.cli:served_app', "
+    "import sys, uvicorn; uvicorn.run('{{ cookiecutter.package_name }}.cli.serve:served_app', "
     "factory=True, port=int(sys.argv[1]), http='httptools', proxy_headers=False, "
     "server_header=False)"
 )

@@ -1,11 +1,14 @@
-"""Small helpers shared by the auth tests: users, logins, what a 401 must look like, and other
-spellings of a token."""
+"""Small helpers shared by the auth tests: users, logins, what a 401 must look like, other
+spellings of a token, and a command run as an operator runs it."""
 
 from __future__ import annotations
 
 import string
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +24,23 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
 # python-jose decodes with; until then the `+/` respelling still decodes to the token's bytes.
 PLUS_SLASH_WARNING = r"invalid character '[+/]' in URL-safe Base64 data"
 BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"  # RFC 4648 order
+
+
+def run_command(
+    args: Iterable[str], environment: dict[str, str], cwd: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """`python -m {{ cookiecutter.package_name }} <args>` in `cwd`, with exactly `environment`
+    and `stdin` (not a terminal); what it printed and its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
+        input=stdin,
+        env=environment,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def add_user(

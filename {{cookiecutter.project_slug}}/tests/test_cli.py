@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from {{ cookiecutter.package_name }}.cli import served_app
+from {{ cookiecutter.package_name }}.cli.serve import served_app
 from {{ cookiecutter.package_name }}.settings import get_settings
 
 from .redis_server import free_port

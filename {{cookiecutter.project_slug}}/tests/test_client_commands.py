@@ -13,7 +13,6 @@ import json
 import re
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings
-from .helpers import PASSWORD, add_user, assert_invalid_token
+from .helpers import PASSWORD, add_user, assert_invalid_token, run_command
 from .redis_server import free_port
 from .test_processes import Service, environment_for, logged_service
 
@@ -41,15 +40,8 @@ class Served:
 
     def command(self, *args: str, **environment: str) -> subprocess.CompletedProcess[str]:
         """`python -m {{ cookiecutter.package_name }} <args>`, in a folder without `.env`."""
-        return subprocess.run(
-            [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
-            stdin=subprocess.DEVNULL,
-            env={**self.environment, **environment},
-            cwd=self.settings.users_file.parent,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        return run_command(
+            args, {**self.environment, **environment}, self.settings.users_file.parent
         )
 
     def create(self, name: str, scopes: str = "read") -> str:
@@ -189,6 +181,7 @@ def test_list_clients_shows_names_states_and_scopes_but_no_hash(
     served: Served, tmp_path: Path
 ) -> None:
     clients_file = str(tmp_path / "clients.json")
+    Path(clients_file).write_text('{"version": 1, "clients": {}}\n')  # exists, holds none
     empty = served.command("list-clients", APP_CLIENTS_FILE=clients_file)
     assert (empty.returncode, empty.stdout) == (0, f"no clients in {clients_file}\n")
     for name, scopes in (("billing", "read write"), ("cron", "")):
@@ -205,6 +198,26 @@ def test_list_clients_shows_names_states_and_scopes_but_no_hash(
         "cron     disabled  (none)",
     ]
     assert "$argon2" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["list-clients", "disable-client", "enable-client", "delete-client", "rotate-client-secret"],
+)
+def test_a_missing_clients_file_is_one_line_saying_where_it_was_looked_for(
+    served: Served, command: str
+) -> None:
+    """As for users: the line names the absolute path looked at, and nothing is created there
+    (`create-client` writes the file)."""
+    folder = served.settings.users_file.parent.resolve()  # where `command` runs
+    args = [command] if command == "list-clients" else [command, "billing"]
+    result = served.command(*args, APP_CLIENTS_FILE="elsewhere/clients.json")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"error: {command}: no clients file at {folder / 'elsewhere' / 'clients.json'} "
+        "(create-client writes it; run this from the project folder, or set APP_CLIENTS_FILE)"
+    ]
+    assert not (folder / "elsewhere").exists()
 
 
 @pytest.mark.parametrize(
@@ -233,15 +246,8 @@ def test_users_and_clients_never_share_a_name(served: Served) -> None:
     assert refused.stderr.splitlines() == [
         f"error: create-client: {user!r} is a user's name; users and clients share names"
     ]
-    refused = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}", "create-user", client],
-        input=PASSWORD,
-        env=served.environment,
-        cwd=served.settings.users_file.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    refused = run_command(
+        ["create-user", client], served.environment, served.settings.users_file.parent, PASSWORD
     )
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [

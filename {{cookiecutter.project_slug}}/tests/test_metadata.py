@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from jose import jwt
 from pydantic import ValidationError
 
-from {{ cookiecutter.package_name }}.commands import describe
+from {{ cookiecutter.package_name }}.cli.command import describe
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from redis import Redis
 
 from {{ cookiecutter.package_name }}.auth import remote_keys
-from {{ cookiecutter.package_name }}.commands import describe
+from {{ cookiecutter.package_name }}.cli.command import describe
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .helpers import (

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from {{ cookiecutter.package_name }}.cli import KEEP_ALIVE_SECONDS
+from {{ cookiecutter.package_name }}.cli.serve import KEEP_ALIVE_SECONDS
 
 from .conftest import delete_keys, make_settings
 from .test_processes import Service, logged_service

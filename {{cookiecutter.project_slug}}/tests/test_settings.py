@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from {{ cookiecutter.package_name }}.commands import describe
+from {{ cookiecutter.package_name }}.cli.command import describe
 from {{ cookiecutter.package_name }}.rates import Rate
 from {{ cookiecutter.package_name }}.settings import Settings
 

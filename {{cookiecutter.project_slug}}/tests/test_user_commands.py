@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import delete_keys, make_settings, running
-from .helpers import PASSWORD, add_user, assert_invalid_token
+from .helpers import PASSWORD, add_user, assert_invalid_token, run_command
 from .helpers import login as login_in_process
 from .redis_server import free_port
 from .test_processes import Service, environment_for, logged_service, new_user
@@ -43,15 +42,8 @@ class Served:
         self, *args: str, stdin: str = "", **environment: str
     ) -> subprocess.CompletedProcess[str]:
         """`python -m {{ cookiecutter.package_name }} <args>`, in a folder without `.env`."""
-        return subprocess.run(
-            [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args],
-            input=stdin,
-            env={**self.environment, **environment},
-            cwd=self.settings.users_file.parent,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        return run_command(
+            args, {**self.environment, **environment}, self.settings.users_file.parent, stdin
         )
 
     def users(self) -> dict[str, dict[str, Any]]:
@@ -162,6 +154,7 @@ def test_list_users_shows_names_states_and_scopes_but_no_hash(
     served: Served, tmp_path: Path
 ) -> None:
     users_file = str(tmp_path / "users.json")
+    Path(users_file).write_text('{"version": 1, "users": {}}\n')  # exists, holds none
     empty = served.command("list-users", APP_USERS_FILE=users_file)
     assert (empty.returncode, empty.stdout) == (0, f"no users in {users_file}\n")
 
@@ -180,6 +173,50 @@ def test_list_users_shows_names_states_and_scopes_but_no_hash(
         "dave   disabled  (none)",
     ]
     assert "$argon2" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["list-users", "set-password", "disable-user", "enable-user", "delete-user"]
+)
+def test_a_missing_users_file_is_one_line_saying_where_it_was_looked_for(
+    served: Served, command: str
+) -> None:
+    """Not "no users", nor "no user named ...": most likely the command ran in the wrong folder
+    (the default `data/users.json` is relative), so the line names the absolute path it looked
+    at. Nothing is created there."""
+    folder = served.settings.users_file.parent.resolve()  # where `command` runs
+    args = [command] if command == "list-users" else [command, "alice"]
+    result = served.command(*args, stdin=NEW_PASSWORD, APP_USERS_FILE="elsewhere/users.json")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"error: {command}: no users file at {folder / 'elsewhere' / 'users.json'} (create-user "
+        "writes it; run this from the project folder, or set APP_USERS_FILE)"
+    ]
+    assert not (folder / "elsewhere").exists()
+
+
+def test_a_command_run_outside_the_project_folder_says_it_found_no_env_there(
+    served: Served, tmp_path: Path
+) -> None:
+    """Without `.env` where it runs and without the secret (or key files) in the environment, a
+    command says that, naming the folder; "APP_JWT_SECRET is required" would send a user whose
+    `.env` is elsewhere off to make a new secret. With a `.env` that lacks it, that line stays."""
+    environment = {
+        name: value for name, value in served.environment.items() if not name.startswith("APP_JWT_")
+    }
+    algorithm = Settings.model_fields["jwt_algorithm"].default  # the bake's
+    variable = "APP_JWT_SECRET" if algorithm.startswith("HS") else "APP_JWT_PRIVATE_KEY_FILE"
+    result = run_command(["list-users"], environment, tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"error: no .env in {tmp_path.resolve()} (run this from the project folder, "
+        f"or set {variable})"
+    ]
+
+    (tmp_path / ".env").write_text("APP_ENVIRONMENT=development\n")
+    result = run_command(["list-users"], environment, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0].startswith(f"error: {variable} is required for ")
 
 
 @pytest.mark.parametrize("command", ["set-password", "disable-user", "enable-user", "delete-user"])
