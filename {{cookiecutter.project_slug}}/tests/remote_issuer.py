@@ -8,8 +8,6 @@ with.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +28,6 @@ from .jwks_server import KeyServer
 # the one test about a slow issuer sets a short timeout itself.
 FETCH_TIMEOUT_SECONDS = 5.0
 SLOW_ISSUER_TIMEOUT_SECONDS = 0.5
-READY_WAIT_SECONDS = 15  # how long a test waits for readiness before it fails (no speed claim)
 
 
 @pytest.fixture(scope="module", params=REMOTE_ALGORITHMS)
@@ -100,10 +97,3 @@ async def remote_client(settings: Settings) -> AsyncIterator[tuple[Any, httpx.As
     app = create_app(settings)
     async with running(app) as client:
         yield app.state, client
-
-
-async def wait_until_ready(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + READY_WAIT_SECONDS
-    while (await client.get("/health/ready")).status_code != 200:
-        assert time.monotonic() < deadline, "the service did not become ready"
-        await asyncio.sleep(0.1)

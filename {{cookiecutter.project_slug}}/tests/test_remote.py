@@ -31,6 +31,7 @@ from .helpers import (
     assert_only_the_canonical_spelling_verifies,
     bearer,
     url_safe_signature,
+    wait_until_ready,
 )
 from .issuers import (
     SigningKey,
@@ -41,12 +42,7 @@ from .issuers import (
     with_kid,
 )
 from .jwks_server import KeyServer
-from .remote_issuer import (
-    SLOW_ISSUER_TIMEOUT_SECONDS,
-    Build,
-    remote_client,
-    wait_until_ready,
-)
+from .remote_issuer import SLOW_ISSUER_TIMEOUT_SECONDS, Build, remote_client
 
 pytestmark = pytest.mark.anyio
 
