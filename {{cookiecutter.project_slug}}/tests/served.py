@@ -8,7 +8,7 @@ defines its own `served` fixture around `serve(...)`, which then overrides this 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +41,26 @@ class Served:
 
 @contextmanager
 def serve(
-    redis_url: str, key_files: dict[str, Path], folder: Path, **overrides: Any
+    redis_url: str,
+    key_files: dict[str, Path],
+    folder: Path,
+    *,
+    environment: Mapping[str, str] | None = None,
+    **overrides: Any,
 ) -> Iterator[Served]:
     """`serve` for test settings (`conftest.make_settings`, with `overrides`) whose users file
     is in `folder`; its output goes to `folder`/service.log. Once the process is gone, the keys
-    under its prefix are removed, so a shared REDIS_URL is left as it was found."""
+    under its prefix are removed, so a shared REDIS_URL is left as it was found.
+
+    The process gets the settings that `test_processes.environment_for` passes on (key prefix,
+    users and clients files, rate limits, Redis timeout, hashing cost); any other variable, such
+    as `APP_MAX_CONNECTIONS`, goes in `environment`."""
     settings = make_settings(redis_url, key_files, users_file=folder / "users.json", **overrides)
+    extra = dict(environment or {})
     try:
-        with logged_service(settings, redis_url, key_files, folder) as (service, log):
-            yield Served(settings, service, log, environment_for(settings, redis_url, key_files))
+        with logged_service(settings, redis_url, key_files, folder, **extra) as (service, log):
+            environment_used = {**environment_for(settings, redis_url, key_files), **extra}
+            yield Served(settings, service, log, environment_used)
     finally:
         delete_keys(redis_url, settings.redis_key_prefix)
 

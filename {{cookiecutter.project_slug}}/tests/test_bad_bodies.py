@@ -41,8 +41,9 @@ BODY_CAP_BYTES = 64 * 1024  # server.py answers 413 beyond it
 
 @pytest.fixture
 def served(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Served]:
-    limits = {"rate_limit": "1000/minute", "login_rate_limit": "1000/minute"}
-    with serve(redis_url, key_files, tmp_path, **limits) as process:
+    with serve(
+        redis_url, key_files, tmp_path, rate_limit="1000/minute", login_rate_limit="1000/minute"
+    ) as process:
         yield process
 
 
