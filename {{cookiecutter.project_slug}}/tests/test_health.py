@@ -20,12 +20,12 @@ from .served import Served
 
 pytestmark = pytest.mark.anyio
 
+# With a timeout this short, a healthy Redis can miss it on a busy machine (this process not
+# scheduled in time): readiness that must come back is polled for (`helpers.wait_until_ready`).
 REDIS_TIMEOUT_SECONDS = 0.25
 # What is asserted is "no hang", not speed: generous for a busy machine, yet below redis-py's
 # own 5 s socket timeout, so a call left to the library's defaults still fails here.
 NO_HANG_SECONDS = 4.0
-# With a timeout this short, a healthy Redis can miss it on a busy machine (this process not
-# scheduled in time): readiness that must come back is polled for (`helpers.wait_until_ready`).
 
 
 async def test_live_and_ready_answer_200(client: httpx.AsyncClient) -> None:
