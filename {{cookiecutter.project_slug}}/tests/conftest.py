@@ -27,8 +27,8 @@ from .redis_server import NO_REDIS, RedisServer
 
 # Fixtures of their own modules, available to every test module that asks for them by name:
 # a remote issuer's keys, key server and settings (`algorithm`, `issuer_key`, `third_key`,
-# `key_server`, `remote_settings`).
-pytest_plugins = ["tests.remote_issuer"]
+# `key_server`, `remote_settings`), and a `serve` process of the test's own (`served`).
+pytest_plugins = ["tests.remote_issuer", "tests.served"]
 
 # Generous: on a busy machine a Redis reply can take longer than the service's 0.5 s default,
 # and an ordinary test is no timing test. The tests about timeouts set a short one themselves.

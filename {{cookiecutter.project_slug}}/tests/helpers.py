@@ -1,16 +1,19 @@
 """Small helpers shared by the auth tests: users, logins, what a 401 must look like, other
-spellings of a token, and a command run as an operator runs it."""
+spellings of a token, a command run as an operator runs it, and the wait for an app in this
+process to become ready."""
 
 from __future__ import annotations
 
 import string
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
 from {{ cookiecutter.package_name }}.auth.clients import Client, FileClientStore, new_secret
@@ -24,6 +27,11 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
 # python-jose decodes with; until then the `+/` respelling still decodes to the token's bytes.
 PLUS_SLASH_WARNING = r"invalid character '[+/]' in URL-safe Base64 data"
 BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"  # RFC 4648 order
+# How long a test waits for readiness before it fails: a ceiling, no speed claim. A short Redis
+# timeout (the health tests set 0.25 s) can miss a healthy Redis on a busy machine, and a remote
+# issuer's key server is a thread of the test process: readiness may take a few tries to come.
+READY_WAIT_SECONDS = 30.0
+READY_POLL_SECONDS = 0.1
 
 
 def run_command(
@@ -87,6 +95,20 @@ def bearer(token: str) -> dict[str, str]:
 
 async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.get("/me", headers=bearer(token))
+
+
+async def wait_until_ready(client: httpx.AsyncClient) -> None:
+    """Poll `/health/ready` of an app running in this process (`conftest.running`) until it
+    answers 200. Meanwhile only 503 is an answer (not ready yet: Redis, or a remote issuer's
+    keys); any other fails the test, as does waiting past `READY_WAIT_SECONDS`.
+
+    A `serve` process has its own wait, `test_processes.wait_until_ready`: it must also tell a
+    process that exited, or has not bound its port yet."""
+    deadline = time.monotonic() + READY_WAIT_SECONDS
+    while (response := await client.get("/health/ready")).status_code != 200:
+        assert response.status_code == 503, response.text
+        assert time.monotonic() < deadline, f"not ready within {READY_WAIT_SECONDS} s"
+        await anyio.sleep(READY_POLL_SECONDS)
 
 
 def assert_invalid_token(response: httpx.Response) -> None:

@@ -8,8 +8,6 @@ with.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +29,6 @@ from .jwks_server import KeyServer
 # the one test about a slow issuer sets a short timeout itself.
 FETCH_TIMEOUT_SECONDS = 5.0
 SLOW_ISSUER_TIMEOUT_SECONDS = 0.5
-READY_WAIT_SECONDS = 15  # how long a test waits for readiness before it fails (no speed claim)
 
 
 @pytest.fixture(scope="module", params=REMOTE_ALGORITHMS)
@@ -101,10 +98,3 @@ async def remote_client(settings: Settings) -> AsyncIterator[tuple[AppState, htt
     app = create_app(settings)
     async with running(app) as client:
         yield app_state(app), client
-
-
-async def wait_until_ready(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + READY_WAIT_SECONDS
-    while (await client.get("/health/ready")).status_code != 200:
-        assert time.monotonic() < deadline, "the service did not become ready"
-        await asyncio.sleep(0.1)

@@ -23,9 +23,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import running
 from .helpers import add_user
-from .test_processes import Service, bearer, logged_service, new_user, stop
+from .served import Served, serve
+from .test_processes import Service, bearer, new_user, stop
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -39,21 +40,11 @@ BODY_CAP_BYTES = 64 * 1024  # server.py answers 413 beyond it
 
 
 @pytest.fixture
-def served(
-    redis_url: str, key_files: dict[str, Path], tmp_path: Path
-) -> Iterator[tuple[Settings, Service, Path]]:
-    settings = make_settings(
-        redis_url,
-        key_files,
-        users_file=tmp_path / "users.json",
-        rate_limit="1000/minute",
-        login_rate_limit="1000/minute",
-    )
-    try:
-        with logged_service(settings, redis_url, key_files, tmp_path) as (service, log):
-            yield settings, service, log
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
+def served(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Served]:
+    with serve(
+        redis_url, key_files, tmp_path, rate_limit="1000/minute", login_rate_limit="1000/minute"
+    ) as process:
+        yield process
 
 
 def multipart(*parts: tuple[str, bytes]) -> bytes:
@@ -92,10 +83,8 @@ BAD_BODIES = {  # name: (path, content type, body)
 }
 
 
-def test_bad_bodies_are_400_or_422_and_echoed_nowhere(
-    served: tuple[Settings, Service, Path],
-) -> None:
-    _, service, log = served
+def test_bad_bodies_are_400_or_422_and_echoed_nowhere(served: Served) -> None:
+    service = served.service
     for name, (path, content_type, body) in BAD_BODIES.items():
         response = service.post(path, content=body, headers={"Content-Type": content_type})
         assert response.status_code in {400, 422}, (name, response.text)
@@ -103,16 +92,16 @@ def test_bad_bodies_are_400_or_422_and_echoed_nowhere(
         if response.status_code == 422:
             for problem in response.json()["detail"]:
                 assert set(problem) == {"loc", "msg", "type"}, name
-    output = stop(service, log)
+    output = stop(service, served.log)
     assert MARKER not in output
     assert "Traceback" not in output
 
 
 def test_a_lone_surrogate_after_a_refresh_token_is_422_and_neither_echoed_nor_logged(
-    served: tuple[Settings, Service, Path],
+    served: Served,
 ) -> None:
-    settings, service, log = served
-    token = service.login(new_user(settings))["refresh_token"]
+    service = served.service
+    token = service.login(new_user(served.settings))["refresh_token"]
     body = '{"refresh_token": "' + token + '\\ud800"}'
     response = service.post("/auth/refresh", content=body, headers={"Content-Type": JSON})
     assert response.status_code == 422, response.text
@@ -128,7 +117,7 @@ def test_a_lone_surrogate_after_a_refresh_token_is_422_and_neither_echoed_nor_lo
     }
     # The token is still good: a refused request spent nothing.
     assert service.post("/auth/refresh", json={"refresh_token": token}).status_code == 200
-    output = stop(service, log)
+    output = stop(service, served.log)
     assert token not in output
     assert "Traceback" not in output
 
@@ -168,10 +157,10 @@ def post_items(service: Service, token: str, body: str | bytes) -> httpx.Respons
     return service.post("/items", content=body, headers=headers)
 
 
-def test_a_422_names_no_key_it_was_sent(served: tuple[Settings, Service, Path]) -> None:
+def test_a_422_names_no_key_it_was_sent(served: Served) -> None:
     """Unknown keys are reported without their names: markup, control characters, a live token."""
-    settings, service, _ = served
-    token = writer(settings, service)
+    service = served.service
+    token = writer(served.settings, service)
     keys = ["<script>alert(1)</script>", "\x00\x1b[31m\r\nX-Injected: 1", token]
     response = post_items(service, token, json.dumps({"text": "ok", **dict.fromkeys(keys, 1)}))
     assert response.status_code == 422, response.text
@@ -184,11 +173,11 @@ def test_a_422_names_no_key_it_was_sent(served: tuple[Settings, Service, Path]) 
 
 
 def test_a_body_full_of_unknown_keys_gets_a_short_422(
-    served: tuple[Settings, Service, Path],
+    served: Served,
 ) -> None:
     """As many distinct keys as fit under the body cap: the answer stays small and names none."""
-    settings, service, _ = served
-    token = writer(settings, service)
+    service = served.service
+    token = writer(served.settings, service)
     keys: list[str] = []
     while len(json.dumps(dict.fromkeys(keys, 0))) < BODY_CAP_BYTES - 600:
         keys.append(f"<k{len(keys):05d}>")
@@ -202,13 +191,13 @@ def test_a_body_full_of_unknown_keys_gets_a_short_422(
 
 
 def test_a_422_keeps_declared_names_and_positions(
-    served: tuple[Settings, Service, Path],
+    served: Served,
 ) -> None:
     """A field the schema declares is named, an unknown one is not; a JSON error keeps the
     position (an int) where parsing stopped, and a message that would quote the input is
     replaced by one that does not."""
-    settings, service, _ = served
-    token = writer(settings, service)
+    service = served.service
+    token = writer(served.settings, service)
     response = post_items(service, token, json.dumps({"text": "", f"<{MARKER}>": 1}))
     assert response.status_code == 422, response.text
     assert response.json() == {

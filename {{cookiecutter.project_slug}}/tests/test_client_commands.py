@@ -9,60 +9,39 @@ commands' audit lines.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import Settings
-
-from .conftest import delete_keys, make_settings
 from .helpers import PASSWORD, add_user, assert_invalid_token, run_command
 from .redis_server import free_port
-from .test_processes import Service, environment_for, logged_service
+from .served import Served, serve
 
 SECRET_LINE = re.compile(r"client_secret: ([A-Za-z0-9_-]{43})")
 
 
-@dataclass
-class Served:
-    settings: Settings
-    service: Service
-    environment: dict[str, str]
-    log: Path
+def create(served: Served, name: str, scopes: str = "read") -> str:
+    """`create-client`; its secret."""
+    result = served.command("create-client", name, "--scopes", scopes)
+    assert result.returncode == 0, result.stderr
+    return secret_of(result)
 
-    def command(self, *args: str, **environment: str) -> subprocess.CompletedProcess[str]:
-        """`python -m {{ cookiecutter.package_name }} <args>`, in a folder without `.env`."""
-        return run_command(
-            args, {**self.environment, **environment}, self.settings.users_file.parent
-        )
 
-    def create(self, name: str, scopes: str = "read") -> str:
-        """`create-client`; its secret."""
-        result = self.command("create-client", name, "--scopes", scopes)
-        assert result.returncode == 0, result.stderr
-        return secret_of(result)
+def token_response(served: Served, name: str, secret: str) -> httpx.Response:
+    form = {"grant_type": "client_credentials"}
+    return served.service.post("/auth/token", data=form, auth=(name, secret))
 
-    def token(self, name: str, secret: str) -> httpx.Response:
-        form = {"grant_type": "client_credentials"}
-        return self.service.post("/auth/token", data=form, auth=(name, secret))
 
-    def access(self, name: str, secret: str) -> str:
-        response = self.token(name, secret)
-        assert response.status_code == 200, response.text
-        token: str = response.json()["access_token"]
-        return token
-
-    def clients(self) -> dict[str, dict[str, Any]]:
-        document: dict[str, Any] = json.loads(self.settings.clients_file.read_text())
-        return dict(document["clients"])
+def access(served: Served, name: str, secret: str) -> str:
+    response = token_response(served, name, secret)
+    assert response.status_code == 200, response.text
+    issued: str = response.json()["access_token"]
+    return issued
 
 
 def secret_of(result: subprocess.CompletedProcess[str]) -> str:
@@ -79,13 +58,9 @@ def secret_of(result: subprocess.CompletedProcess[str]) -> str:
 def served(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("client-commands")
-    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    try:
-        with logged_service(settings, redis_url, key_files, folder) as (service, log):
-            yield Served(settings, service, environment_for(settings, redis_url, key_files), log)
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
+    """One `serve` process for the module's tests, each with clients of its own."""
+    with serve(redis_url, key_files, tmp_path_factory.mktemp("client-commands")) as process:
+        yield process
 
 
 def new_name() -> str:
@@ -108,7 +83,7 @@ def test_create_client_prints_the_secret_once_and_keeps_only_its_hash(served: Se
     stored = served.clients()[name]
     assert stored["secret_hash"].startswith("$argon2id$")
     assert secret not in file.read_text()
-    token = served.access(name, secret)
+    token = access(served, name, secret)
     assert served.service.get("/me", token).json() == {"sub": name, "scopes": ["read", "write"]}
     again = served.command("create-client", name)
     assert again.returncode == 2
@@ -120,9 +95,9 @@ def test_create_client_prints_the_secret_once_and_keeps_only_its_hash(served: Se
 
 def test_disable_client_ends_its_tokens_until_enabled(served: Served) -> None:
     name, other = new_name(), new_name()
-    secret, other_secret = served.create(name), served.create(other)
-    tokens = [served.access(name, secret) for _ in range(3)]
-    kept = served.access(other, other_secret)
+    secret, other_secret = create(served, name), create(served, other)
+    tokens = [access(served, name, secret) for _ in range(3)]
+    kept = access(served, other, other_secret)
 
     result = served.command("disable-client", name)
     assert result.returncode == 0, result.stderr
@@ -131,20 +106,20 @@ def test_disable_client_ends_its_tokens_until_enabled(served: Served) -> None:
     )
     assert_tokens_ended(served, tokens)
     assert served.service.get("/me", kept).status_code == 200
-    assert served.token(name, secret).status_code == 401
+    assert token_response(served, name, secret).status_code == 401
 
     result = served.command("enable-client", name)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"enabled client {name} in {served.settings.clients_file}\n"
     assert_tokens_ended(served, tokens[:1])  # enabling revives no token
-    assert served.service.get("/me", served.access(name, secret)).status_code == 200
+    assert served.service.get("/me", access(served, name, secret)).status_code == 200
 
 
 def test_delete_client_ends_its_tokens_and_removes_it(served: Served) -> None:
     name, other = new_name(), new_name()
-    secret, other_secret = served.create(name), served.create(other)
-    tokens = [served.access(name, secret) for _ in range(2)]
-    kept = served.access(other, other_secret)
+    secret, other_secret = create(served, name), create(served, other)
+    tokens = [access(served, name, secret) for _ in range(2)]
+    kept = access(served, other, other_secret)
 
     result = served.command("delete-client", name)
     assert result.returncode == 0, result.stderr
@@ -153,15 +128,15 @@ def test_delete_client_ends_its_tokens_and_removes_it(served: Served) -> None:
     )
     assert name not in served.clients()
     assert_tokens_ended(served, tokens)
-    assert served.token(name, secret).status_code == 401
+    assert token_response(served, name, secret).status_code == 401
     assert served.service.get("/me", kept).status_code == 200
 
 
 def test_rotate_client_secret_prints_a_new_one_and_ends_the_old_tokens(served: Served) -> None:
     name, other = new_name(), new_name()
-    old, other_secret = served.create(name), served.create(other)
-    tokens = [served.access(name, old) for _ in range(2)]
-    kept = served.access(other, other_secret)
+    old, other_secret = create(served, name), create(served, other)
+    tokens = [access(served, name, old) for _ in range(2)]
+    kept = access(served, other, other_secret)
 
     result = served.command("rotate-client-secret", name)
     assert result.returncode == 0, result.stderr
@@ -172,8 +147,8 @@ def test_rotate_client_secret_prints_a_new_one_and_ends_the_old_tokens(served: S
         f"ended 2 token(s)\nclient_secret: {new}\n"
     )
     assert_tokens_ended(served, tokens)
-    assert served.token(name, old).status_code == 401
-    assert served.service.get("/me", served.access(name, new)).status_code == 200
+    assert token_response(served, name, old).status_code == 401
+    assert served.service.get("/me", access(served, name, new)).status_code == 200
     assert served.service.get("/me", kept).status_code == 200
 
 
@@ -224,7 +199,7 @@ def test_a_missing_clients_file_is_one_line_saying_where_it_was_looked_for(
     "command", ["disable-client", "enable-client", "delete-client", "rotate-client-secret"]
 )
 def test_an_unknown_client_is_one_line_and_changes_nothing(served: Served, command: str) -> None:
-    served.create(new_name())  # the file exists
+    create(served, new_name())  # the file exists
     before = served.settings.clients_file.read_bytes()
     result = served.command(command, "nobody")
     assert result.returncode == 2
@@ -240,7 +215,7 @@ def test_users_and_clients_never_share_a_name(served: Served) -> None:
     sessions, and disabling it would log the user out."""
     user, client = new_name(), new_name()
     add_user(served.settings, user)
-    served.create(client)
+    create(served, client)
     refused = served.command("create-client", user)
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [
@@ -267,8 +242,8 @@ def test_without_redis_the_client_is_changed_and_the_command_fails_until_run_aga
     command says the tokens could not be ended and exits 1; a rotated secret is printed even
     so, as the file holds only its hash. Running the command again finishes the job."""
     name = new_name()
-    secret = served.create(name)
-    token = served.access(name, secret)
+    secret = create(served, name)
+    token = access(served, name, secret)
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     result = served.command(command, name, APP_REDIS_URL=nowhere)
     assert result.returncode == 1
@@ -282,7 +257,7 @@ def test_without_redis_the_client_is_changed_and_the_command_fails_until_run_aga
         secret = secret_of(result)  # the new one, the only copy
     else:
         assert result.stdout == ""
-    assert served.token(name, secret).status_code == (
+    assert token_response(served, name, secret).status_code == (
         200 if command == "rotate-client-secret" else 401
     )
     assert served.service.get("/me", token).status_code == 200  # not ended yet
@@ -300,8 +275,8 @@ def test_no_secret_hash_or_token_is_logged(served: Served) -> None:
     secret = secret_of(created)
     rotated = served.command("rotate-client-secret", name)
     new = secret_of(rotated)
-    token = served.access(name, new)
-    assert served.token(name, secret).status_code == 401  # the old secret: a failure line
+    token = access(served, name, new)
+    assert token_response(served, name, secret).status_code == 401  # the old secret: a failure line
     form = {"grant_type": "client_credentials", "client_id": name, "client_secret": new + "x"}
     assert served.service.post("/auth/token", data=form).status_code == 401
     stored_hash = served.clients()[name]["secret_hash"]

@@ -36,7 +36,7 @@ from .helpers import add_user, bearer, login
 from .redis_cluster import RedisClusterServers
 from .test_processes import logged_service
 from .test_reset_connections import rss_mib
-from .traffic import Answer, Traffic
+from .traffic import Answer, Traffic, assert_only_503s_and_late_writes_lost, statuses_of_sessions
 
 pytestmark = pytest.mark.anyio
 
@@ -155,13 +155,7 @@ async def test_a_primary_killed_under_load_costs_503s_on_its_slots_only_and_no_r
             await traffic.stop()
             times.ended = time.monotonic()
 
-            # Sessions opened before the checkpoint: alive, and their refresh tokens current.
-            survivors = []
-            for pair in pairs.values():
-                seen = await client.get("/me", headers=bearer(pair["access_token"]))
-                refresh = {"refresh_token": pair["refresh_token"]}
-                refreshed = await client.post("/auth/refresh", json=refresh)
-                survivors.append((seen.status_code, refreshed.status_code))
+            survivors = await statuses_of_sessions(client, pairs.values())
             # Logouts acknowledged before the checkpoint: still logged out.
             undone = []
             for logout in traffic.logouts:
@@ -173,21 +167,22 @@ async def test_a_primary_killed_under_load_costs_503s_on_its_slots_only_and_no_r
     text = log.read_text()
     answers = traffic.answers
     failed = [answer for answer in answers if answer.status == 503]
-    lost = [answer for answer in answers if answer.status == 401]
     print(describe(answers, times, undone))
     print(
         f"RSS: {rss_warm:.1f} MiB warm, {rss_failed_over:.1f} after the failover,"
         f" {rss_rejoined:.1f} after the rejoin"
     )
 
-    assert {answer.status for answer in answers} <= {200, 204, 401, 503}  # no 500, no reset
+    # No 500, no reset; each 503 with Retry-After; lost: only writes acknowledged after the
+    # checkpoint (the README says which ones).
+    assert_only_503s_and_late_writes_lost(answers, times.checkpoint)
     assert "Traceback" not in text
+    # Sessions opened before the checkpoint: alive, and their refresh tokens current.
     assert survivors == [(200, 200)] * len(pairs)
     # Other primaries' users: served throughout.
     assert {a.status for a in answers if a.user not in doomed_users} <= {200, 204}
-    # The dead primary's users: while their slot had no primary, every answer was a 503 with
-    # Retry-After; and no request asked once the catch-up was over failed.
-    assert all(a.retry_after == "1" for a in failed)
+    # The dead primary's users: while their slot had no primary, every answer was a 503; and no
+    # request asked once the catch-up was over failed.
     during = [
         a
         for a in answers
@@ -196,8 +191,6 @@ async def test_a_primary_killed_under_load_costs_503s_on_its_slots_only_and_no_r
     assert during
     assert {a.status for a in during} == {503}
     assert not [a for a in failed if a.asked > times.agreed + CATCH_UP_SECONDS]
-    # Lost: only writes acknowledged after the checkpoint (the README says which ones).
-    assert all(a.written is not None and a.written >= times.checkpoint for a in lost)
     assert not undone
     # The old primary's return: nothing for clients to see.
     assert {a.status for a in answers if a.asked >= times.back} <= {200, 204}

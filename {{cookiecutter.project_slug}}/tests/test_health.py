@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,19 +13,19 @@ import pytest
 
 from {{ cookiecutter.package_name }}.main import create_app
 
-from .conftest import delete_keys, make_settings
+from .conftest import make_settings, running
+from .helpers import wait_until_ready
 from .redis_server import RedisServer
-from .test_processes import Service, logged_service
+from .served import Served
 
 pytestmark = pytest.mark.anyio
 
+# With a timeout this short, a healthy Redis can miss it on a busy machine (this process not
+# scheduled in time): readiness that must come back is polled for (`helpers.wait_until_ready`).
 REDIS_TIMEOUT_SECONDS = 0.25
 # What is asserted is "no hang", not speed: generous for a busy machine, yet below redis-py's
 # own 5 s socket timeout, so a call left to the library's defaults still fails here.
 NO_HANG_SECONDS = 4.0
-# With a timeout this short, a healthy Redis can miss it on a busy machine (this process not
-# scheduled in time); readiness that must come back is polled for until this deadline.
-RECOVERY_DEADLINE_SECONDS = 30.0
 
 
 async def test_live_and_ready_answer_200(client: httpx.AsyncClient) -> None:
@@ -66,24 +65,14 @@ def raw_exchange(url: str, request: bytes) -> bytes:
     return received
 
 
-@pytest.fixture
-def served(redis_url: str, key_files: dict[str, Path], tmp_path: Path) -> Iterator[Service]:
-    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
-    try:
-        with logged_service(settings, redis_url, key_files, tmp_path) as (service, _):
-            yield service
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
-
-
-def test_the_served_process_answers_head_with_a_length_and_no_body(served: Service) -> None:
+def test_the_served_process_answers_head_with_a_length_and_no_body(served: Served) -> None:
     """uvicorn drops the body of a HEAD answer; `Content-Length` still says what GET would send.
     A HEAD and a GET on one connection: were any body sent after the HEAD answer, the bytes
     would not split into exactly these two answers."""
     for path in PROBES:
         request = f"HEAD {path} HTTP/1.1\r\nHost: probe\r\n\r\n"
         request += f"GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
-        received = raw_exchange(served.url, request.encode())
+        received = raw_exchange(served.service.url, request.encode())
         head, _, rest = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 "), (path, head)
         assert rest.startswith(b"HTTP/1.1 200 "), (path, rest[:200])  # nothing between
@@ -112,19 +101,8 @@ async def private_client(
     app = create_app(
         make_settings(redis_server.url, key_files, redis_timeout_seconds=REDIS_TIMEOUT_SECONDS)
     )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
-    ):
+    async with running(app) as client:
         yield client
-
-
-async def wait_until_ready(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + RECOVERY_DEADLINE_SECONDS
-    while (response := await client.get("/health/ready")).status_code != 200:
-        assert response.status_code == 503, response.text
-        assert time.monotonic() < deadline, "readiness never came back"
-        await anyio.sleep(0.1)
 
 
 async def get_without_hanging(client: httpx.AsyncClient, path: str) -> httpx.Response:

@@ -24,11 +24,9 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from {{ cookiecutter.package_name }}.settings import Settings
-
-from .conftest import delete_keys, make_settings
 from .helpers import PASSWORD, add_user
-from .test_processes import Service, bearer, logged_service, stop
+from .served import Served, serve
+from .test_processes import Service, bearer, stop
 
 # Every operation of this template and the statuses it can answer (routes added later are held
 # to the general rules of `test_error_answers_are_documented_alike` and to schemathesis).
@@ -101,18 +99,14 @@ def test_error_answers_are_documented_alike(app: FastAPI) -> None:
 @pytest.fixture(scope="module")
 def served_api(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, Service, Path]]:
+) -> Iterator[Served]:
     """One `serve` process for every schemathesis example, with limits no example reaches."""
-    folder = tmp_path_factory.mktemp("openapi")
-    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    add_user(settings, USER, scopes=["read", "write"])  # so the /items examples get past 403
-    try:
-        with logged_service(settings, redis_url, key_files, folder) as (service, log):
-            yield settings, service, log
-            # Every example is answered by now; no answer may have come from a crash.
-            assert "Traceback" not in stop(service, log)
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
+    with serve(redis_url, key_files, tmp_path_factory.mktemp("openapi")) as process:
+        # A user who may read and write: so the /items examples get past 403.
+        add_user(process.settings, USER, scopes=["read", "write"])
+        yield process
+        # Every example is answered by now; no answer may have come from a crash.
+        assert "Traceback" not in stop(process.service, process.log)
 
 
 EXAMPLES_SETTINGS = hypothesis.settings(
@@ -139,7 +133,7 @@ def with_real_credentials(case: schemathesis.Case[Any], service: Service) -> dic
 
 
 def test_the_served_api_answers_as_its_document_says(
-    served_api: tuple[Settings, Service, Path],
+    served_api: Served,
 ) -> None:
     """Examples that fit the document and examples that do not, for each operation the served
     process documents, half of them with real credentials; every answer goes through every
@@ -150,7 +144,7 @@ def test_the_served_api_answers_as_its_document_says(
     apply: it knows API-key and HTTP schemes, and this service's is OAuth2 (password flow);
     examples without credentials get the documented 401 here, and test_auth_flows covers more.
     """
-    _, service, _ = served_api
+    service = served_api.service
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     for operation in (op for methods in schema.values() for op in methods.values()):
         cases = st.one_of([operation.as_strategy(mode) for mode in GenerationMode])
@@ -180,12 +174,12 @@ def all_checks() -> list[schemathesis.CheckFunction]:
 
 
 def test_the_served_api_answers_every_coverage_case_as_documented(
-    served_api: tuple[Settings, Service, Path],
+    served_api: Served,
 ) -> None:
     """schemathesis's coverage phase for each operation: every boundary value, missing and
     malformed parameter, wrong content type and undeclared method (each path's undeclared
     methods once), half of them with real credentials, through every check."""
-    _, service, _ = served_api
+    service = served_api.service
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     checks = all_checks()
     methods_tried: set[str] = set()

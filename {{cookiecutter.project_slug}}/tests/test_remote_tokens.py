@@ -24,10 +24,10 @@ from {{ cookiecutter.package_name }}.auth import remote
 from {{ cookiecutter.package_name }}.auth.remote_keys import metadata_urls
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .helpers import assert_invalid_token, bearer
+from .helpers import assert_invalid_token, bearer, wait_until_ready
 from .issuers import SigningKey, claims_for
 from .jwks_server import KeyServer
-from .remote_issuer import Build, remote_client, wait_until_ready
+from .remote_issuer import Build, remote_client
 
 pytestmark = pytest.mark.anyio
 

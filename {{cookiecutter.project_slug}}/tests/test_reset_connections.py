@@ -14,17 +14,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from {{ cookiecutter.package_name }}.cli.serve import KEEP_ALIVE_SECONDS
 
-from .conftest import delete_keys, make_settings
-from .test_processes import Service, logged_service
+from .served import Served
 
 CLIENTS_PER_ROUND = 2000
 SENDERS = 8
@@ -35,20 +32,6 @@ RELEASE_DEADLINE_SECONDS = KEEP_ALIVE_SECONDS + 25
 # /health/ready awaits Redis, so the reset comes while the app is still busy with the request.
 REQUEST = b"GET /health/ready HTTP/1.1\r\nHost: test\r\n\r\n"
 LISTEN = "0A"
-
-
-@pytest.fixture
-def served(
-    redis_url: str, key_files: dict[str, Path], tmp_path: Path
-) -> Iterator[tuple[Service, int]]:
-    settings = make_settings(redis_url, key_files, users_file=tmp_path / "users.json")
-    try:
-        with logged_service(settings, redis_url, key_files, tmp_path) as (service, _):
-            port = urlsplit(service.url).port
-            assert port is not None
-            yield service, port
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
 
 
 def send_and_reset(port: int, clients: int) -> None:
@@ -120,11 +103,8 @@ def round_of_resets(pid: int, port: int) -> tuple[int, float]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
-def test_memory_plateaus_under_clients_that_reset_after_their_request(
-    served: tuple[Service, int],
-) -> None:
-    service, port = served
-    pid = service.process.pid
+def test_memory_plateaus_under_clients_that_reset_after_their_request(served: Served) -> None:
+    port, pid = served.port, served.service.process.pid
     held, after_n = round_of_resets(pid, port)
     _, after_2n = round_of_resets(pid, port)
     print(

@@ -14,15 +14,13 @@ import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from {{ cookiecutter.package_name }}.edge_limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
-from .conftest import delete_keys, make_settings
 from .helpers import add_user
-from .test_processes import Service, logged_service
+from .served import Served, serve
 
 USER = "trailer-tester"
 SENDERS = 8  # concurrent clients of each kind in the memory test
@@ -35,18 +33,11 @@ STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 @pytest.fixture(scope="module")
 def served(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Service, int]]:
-    """One served process and its port."""
-    folder = tmp_path_factory.mktemp("server-limits")
-    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    add_user(settings, USER, scopes=["write"])
-    try:
-        with logged_service(settings, redis_url, key_files, folder) as (service, _):
-            port = urlsplit(service.url).port
-            assert port is not None
-            yield service, port
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
+) -> Iterator[Served]:
+    """One served process for the whole module, with a user who may write."""
+    with serve(redis_url, key_files, tmp_path_factory.mktemp("server-limits")) as process:
+        add_user(process.settings, USER, scopes=["write"])
+        yield process
 
 
 def request_with_header_block(size: int, path: str = "/health/live") -> bytes:
@@ -91,40 +82,38 @@ def in_pieces(data: bytes, size: int) -> list[bytes]:
 
 @pytest.mark.parametrize("piece_size", [None, 1000, 7001], ids=["one write", "1000", "7001"])
 def test_a_header_block_of_exactly_the_limit_is_served(
-    served: tuple[Service, int], piece_size: int | None
+    served: Served, piece_size: int | None
 ) -> None:
     request = request_with_header_block(MAX_HEADER_BYTES)
     pieces = in_pieces(request, piece_size) if piece_size else [request]
-    assert statuses(exchange(served[1], *pieces)) == [200]
+    assert statuses(exchange(served.port, *pieces)) == [200]
 
 
 @pytest.mark.parametrize("piece_size", [None, 1000, 7001], ids=["one write", "1000", "7001"])
-def test_one_byte_more_is_refused_with_431(
-    served: tuple[Service, int], piece_size: int | None
-) -> None:
+def test_one_byte_more_is_refused_with_431(served: Served, piece_size: int | None) -> None:
     request = request_with_header_block(MAX_HEADER_BYTES + 1)
     pieces = in_pieces(request, piece_size) if piece_size else [request]
-    answer = exchange(served[1], *pieces)
+    answer = exchange(served.port, *pieces)
     assert statuses(answer) == [431], answer[:200]
     head, _, body = answer.partition(b"\r\n\r\n")
     assert {b"connection: close", b"cache-control: no-store"} <= set(head.lower().split(b"\r\n"))
     assert json.loads(body) == {"detail": "Request Header Fields Too Large"}
 
 
-def test_many_small_pipelined_requests_are_all_answered(served: tuple[Service, int]) -> None:
+def test_many_small_pipelined_requests_are_all_answered(served: Served) -> None:
     """Three times the header limit of small requests in one write: the limit is per request."""
     one = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
     count = 3 * MAX_HEADER_BYTES // len(one)
     last = b"GET /health/live HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    assert statuses(exchange(served[1], one * count + last)) == [200] * (count + 1)
+    assert statuses(exchange(served.port, one * count + last)) == [200] * (count + 1)
 
 
 def test_a_pipelined_request_with_a_huge_header_block_is_refused(
-    served: tuple[Service, int],
+    served: Served,
 ) -> None:
     first = b"GET /health/live HTTP/1.1\r\nHost: test\r\n\r\n"
     second = request_with_header_block(4 * MAX_HEADER_BYTES)
-    assert statuses(exchange(served[1], first + second)) == [200, 431]
+    assert statuses(exchange(served.port, first + second)) == [200, 431]
 
 
 def post_refresh(extra_headers: str) -> bytes:
@@ -140,26 +129,26 @@ def refresh_body(size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
-def test_a_body_of_exactly_the_limit_is_read(served: tuple[Service, int]) -> None:
+def test_a_body_of_exactly_the_limit_is_read(served: Served) -> None:
     body = refresh_body(MAX_BODY_BYTES)
     head = post_refresh(f"Content-Length: {len(body)}\r\n")
-    assert statuses(exchange(served[1], head, body)) == [401]  # read, parsed, token refused
+    assert statuses(exchange(served.port, head, body)) == [401]  # read, parsed, token refused
 
 
 def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(
-    served: tuple[Service, int],
+    served: Served,
 ) -> None:
     """The answer comes after the headers alone: the server never waits for the body."""
     head = post_refresh(f"Content-Length: {MAX_BODY_BYTES + 1}\r\n")
-    answer = exchange(served[1], head)
+    answer = exchange(served.port, head)
     assert statuses(answer) == [413]
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {"detail": "Content Too Large"}
 
 
-def test_a_chunked_body_growing_over_the_limit_is_refused(served: tuple[Service, int]) -> None:
+def test_a_chunked_body_growing_over_the_limit_is_refused(served: Served) -> None:
     head = post_refresh("Transfer-Encoding: chunked\r\n")
     chunk = b"%x\r\n%s\r\n" % (CHUNK, b" " * CHUNK)
-    answer = exchange(served[1], head, chunk, chunk, b"0\r\n\r\n")
+    answer = exchange(served.port, head, chunk, chunk, b"0\r\n\r\n")
     assert statuses(answer) == [413], answer[:200]
 
 
@@ -176,24 +165,23 @@ def trailer_fields(size: int, name: bytes = b"X-Trailer") -> bytes:
     return line * count + last
 
 
-def test_trailer_fields_are_read_but_never_reach_the_app(served: tuple[Service, int]) -> None:
+def test_trailer_fields_are_read_but_never_reach_the_app(served: Served) -> None:
     """A trailer section of a few KiB is read to its end, and its fields are dropped: an
     `Authorization` sent as a trailer does not authenticate (uvicorn alone would append it to
     the request's headers, which the app reads after the body)."""
-    service, port = served
-    token = service.login(USER)["access_token"]
+    token = served.service.login(USER)["access_token"]
     head = (
         b"POST /items HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     trailers = trailer_fields(4096) + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
-    answer = exchange(port, head, chunked(b'{"text": "from a trailer"}'), trailers)
+    answer = exchange(served.port, head, chunked(b'{"text": "from a trailer"}'), trailers)
     assert statuses(answer) == [401], answer[:300]
     assert b"www-authenticate: bearer\r\n" in answer.lower()  # no credentials at all
 
 
 def test_a_trailer_section_over_the_limit_is_refused_with_431(
-    served: tuple[Service, int],
+    served: Served,
 ) -> None:
     """64 KiB of trailer fields, 1 KiB per write through a small send buffer (the server is
     still being sent to when it refuses): refused long before the end, and the client reads
@@ -201,7 +189,7 @@ def test_a_trailer_section_over_the_limit_is_refused_with_431(
     head = post_refresh("Transfer-Encoding: chunked\r\n")
     body = chunked(b'{"refresh_token": "made-up"}')
     pieces = in_pieces(trailer_fields(4 * MAX_HEADER_BYTES), 1024)
-    answer = exchange(served[1], head, body, *pieces, b"\r\n", send_buffer=2048)
+    answer = exchange(served.port, head, body, *pieces, b"\r\n", send_buffer=2048)
     assert statuses(answer) == [431], answer[:200]
     assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
         "detail": "Request Header Fields Too Large"
@@ -235,13 +223,12 @@ def flood(port: int, start: bytes, piece: bytes, total: int) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_clients_sending_megabytes_cost_the_server_almost_no_memory(
-    served: tuple[Service, int],
+    served: Served,
 ) -> None:
     """Eight clients each send 8 MiB of one header, eight more 8 MiB of chunked body, eight
     more 8 MiB of trailer fields after a chunked body, all at once. Buffered, that would be
     nearly 200 MiB; the server's peak RSS moves by a few MiB."""
-    service, port = served
-    pid = service.process.pid
+    port, pid = served.port, served.service.process.pid
     floods = [
         (b"GET /me HTTP/1.1\r\nHost: test\r\nX-Flood: ", b"f" * CHUNK),
         (post_refresh("Transfer-Encoding: chunked\r\n"), b"%x\r\n%s\r\n" % (CHUNK, b" " * CHUNK)),

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -28,10 +27,11 @@ import pytest
 from {{ cookiecutter.package_name }}.edge_limits import RESERVED_DESCRIPTORS
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings
+from .conftest import make_settings
 from .redis_server import free_port
+from .served import Served, serve
 from .test_cli import service_environment, wait_for
-from .test_processes import Service, environment_for, kill, logged_service
+from .test_processes import Service, environment_for, kill
 
 TIMEOUT_SECONDS = 4.0  # APP_HEADER_TIMEOUT_SECONDS of the served processes below
 STALLED_PER_KIND = 20
@@ -54,47 +54,29 @@ STALLS: dict[str, bytes | None] = {
 }
 
 
-def served_with(
-    redis_url: str,
-    key_files: dict[str, Path],
-    folder: Path,
-    **extra: str,
-) -> Iterator[tuple[Service, int, Path]]:
-    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    try:
-        with logged_service(settings, redis_url, key_files, folder, **extra) as (service, log):
-            port = urlsplit(service.url).port
-            assert port is not None
-            yield service, port, log
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
-
-
 @pytest.fixture(scope="module")
 def patient(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Service, int, Path]]:
+) -> Iterator[Served]:
     """A served process with a short header timeout and room for every test client."""
-    yield from served_with(
-        redis_url,
-        key_files,
-        tmp_path_factory.mktemp("slow-clients"),
-        APP_HEADER_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS),
-    )
+    folder = tmp_path_factory.mktemp("slow-clients")
+    environment = {"APP_HEADER_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)}
+    with serve(redis_url, key_files, folder, environment=environment) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def capped(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Service, int, Path]]:
+) -> Iterator[Served]:
     """A served process that holds at most `CONNECTION_CAP` connections."""
-    yield from served_with(
-        redis_url,
-        key_files,
-        tmp_path_factory.mktemp("capped"),
-        APP_HEADER_TIMEOUT_SECONDS="300",  # the idle connections below hold the cap throughout
-        APP_MAX_CONNECTIONS=str(CONNECTION_CAP),
-    )
+    environment = {
+        "APP_HEADER_TIMEOUT_SECONDS": "300",  # the idle connections below hold the cap throughout
+        "APP_MAX_CONNECTIONS": str(CONNECTION_CAP),
+    }
+    folder = tmp_path_factory.mktemp("capped")
+    with serve(redis_url, key_files, folder, environment=environment) as process:
+        yield process
 
 
 def open_descriptors(pid: int) -> int:
@@ -140,12 +122,12 @@ def live(url: str) -> int:
 
 @needs_proc
 def test_clients_that_stop_sending_are_closed_after_the_timeout_while_others_are_served(
-    patient: tuple[Service, int, Path],
+    patient: Served,
 ) -> None:
     """Twenty stalled connections of each kind, and twenty that trickle a header byte every
     half second: each is answered 408 (or, having sent nothing, just closed), none before the
     timeout; clients that behave get 200 all along, and the descriptors come back."""
-    service, port, _ = patient
+    service, port = patient.service, patient.port
     pid = service.process.pid
     assert live(service.url) == 200
     baseline = open_descriptors(pid)
@@ -213,22 +195,22 @@ def send_body(port: int, pieces: list[bytes], gap_seconds: float) -> bytes:
 
 
 def test_a_body_that_keeps_arriving_is_read_however_long_it_takes(
-    patient: tuple[Service, int, Path],
+    patient: Served,
 ) -> None:
     """Twelve pieces half a second apart: six seconds in all, more than the timeout, but never
     a pause as long as it. The body is read and the made-up token refused (401)."""
     pieces = [BODY[i : i + 3] for i in range(0, len(BODY), 3)]
     assert len(pieces) * BODY_GAP_SECONDS > TIMEOUT_SECONDS
-    answer = send_body(patient[1], pieces, BODY_GAP_SECONDS)
+    answer = send_body(patient.port, pieces, BODY_GAP_SECONDS)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
 
 
 def test_a_body_that_pauses_for_longer_than_the_timeout_is_refused_with_408(
-    patient: tuple[Service, int, Path],
+    patient: Served,
 ) -> None:
     """Half the body, then a pause of one and a half timeouts: 408, and the request line in the
     log says 408 (not the app's answer to a body that never came)."""
-    _, port, log = patient
+    port, log = patient.port, patient.log
     started = time.monotonic()
     answer = send_body(port, [BODY[:10], BODY[10:]], TIMEOUT_SECONDS * 1.5)
     assert answered_408(answer), answer[:200]
@@ -247,12 +229,12 @@ def request_line(log: Path) -> str | None:
 
 @needs_proc
 def test_connections_beyond_the_cap_are_answered_503_and_closed(
-    capped: tuple[Service, int, Path],
+    capped: Served,
 ) -> None:
     """With the cap held by idle connections, 100 more clients each get a 503 with Retry-After
     and a closed connection; the process holds no descriptor for them. Once the idle ones are
     gone, requests are served again."""
-    service, port, log = capped
+    service, port, log = capped.service, capped.port, capped.log
     pid = service.process.pid
     assert live(service.url) == 200
     baseline = open_descriptors(pid)

@@ -7,11 +7,9 @@ request with one of their access tokens and the next refresh get 401, while othe
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,46 +21,23 @@ from {{ cookiecutter.package_name }}.keyspace import Keyspace
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import delete_keys, make_settings, running
+from .conftest import running
 from .helpers import PASSWORD, add_user, assert_invalid_token, run_command
 from .helpers import login as login_in_process
 from .redis_server import free_port
-from .test_processes import Service, environment_for, logged_service, new_user
+from .served import Served, serve
+from .test_processes import Service, new_user
 
 NEW_PASSWORD = "a new and long enough passphrase"
-
-
-@dataclass
-class Served:
-    settings: Settings
-    service: Service
-    environment: dict[str, str]  # what `serve` runs with; the commands run with the same
-
-    def command(
-        self, *args: str, stdin: str = "", **environment: str
-    ) -> subprocess.CompletedProcess[str]:
-        """`python -m {{ cookiecutter.package_name }} <args>`, in a folder without `.env`."""
-        return run_command(
-            args, {**self.environment, **environment}, self.settings.users_file.parent, stdin
-        )
-
-    def users(self) -> dict[str, dict[str, Any]]:
-        """The users file's entries, as the commands left them."""
-        document: dict[str, Any] = json.loads(self.settings.users_file.read_text())
-        return dict(document["users"])
 
 
 @pytest.fixture(scope="module")
 def served(
     redis_url: str, key_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("user-commands")
-    settings = make_settings(redis_url, key_files, users_file=folder / "users.json")
-    try:
-        with logged_service(settings, redis_url, key_files, folder) as (service, _):
-            yield Served(settings, service, environment_for(settings, redis_url, key_files))
-    finally:
-        delete_keys(redis_url, settings.redis_key_prefix)
+    """One `serve` process for the module's tests, each with users of its own."""
+    with serve(redis_url, key_files, tmp_path_factory.mktemp("user-commands")) as process:
+        yield process
 
 
 def refresh(service: Service, pair: dict[str, str]) -> httpx.Response:

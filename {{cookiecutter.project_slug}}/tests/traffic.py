@@ -12,13 +12,17 @@ where the session should be alive means Redis lost the session's last write: the
 it and starts a new cycle. Every answer is kept with the times it was asked and answered, so a
 test can tell which answers came while a user's slot had no primary, and whether a lost write
 was acknowledged before or after a replication checkpoint.
+
+What every failover test then checks the same way: what the traffic may have cost
+(`assert_only_503s_and_late_writes_lost`), and the sessions opened before the checkpoint
+(`statuses_of_sessions`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +139,29 @@ class Traffic:
                 body: dict[str, Any] = response.json() if response.content else {}
                 return body
         return None
+
+
+def assert_only_503s_and_late_writes_lost(answers: Sequence[Answer], checkpoint: float) -> None:
+    """What a failover may cost the traffic, and nothing more: no 500 and no dropped connection
+    (status 0), only 200, 204, 401 and 503; each 503 with `Retry-After: 1`; and a 401 where the
+    session should live (a lost write) only for a write acknowledged after `checkpoint`, the last
+    moment everything acknowledged was on the replica too."""
+    assert {answer.status for answer in answers} <= {200, 204, 401, 503}  # no 500, no reset
+    assert all(answer.retry_after == "1" for answer in answers if answer.status == 503)
+    lost = [answer for answer in answers if answer.status == 401]
+    assert all(a.written is not None and a.written >= checkpoint for a in lost)
+
+
+async def statuses_of_sessions(
+    client: httpx.AsyncClient, pairs: Iterable[dict[str, Any]]
+) -> list[tuple[int, int]]:
+    """For each session (its token pair): the status of `/me` with the access token, then of a
+    refresh with the refresh token. A session opened before the checkpoint outlives a failover
+    alive, its refresh token current: (200, 200)."""
+    statuses = []
+    for pair in pairs:
+        seen = await client.get("/me", headers=bearer(pair["access_token"]))
+        refresh = {"refresh_token": pair["refresh_token"]}
+        refreshed = await client.post("/auth/refresh", json=refresh)
+        statuses.append((seen.status_code, refreshed.status_code))
+    return statuses
