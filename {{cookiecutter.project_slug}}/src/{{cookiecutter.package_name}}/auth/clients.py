@@ -87,15 +87,7 @@ class FileClientStore:
     def change(self, name: str, edit: Callable[[Client], Client | None]) -> bool:
         """Replace client `name` by `edit(client)`, or remove it when that returns None; False,
         and the file untouched, when there is no such client."""
-        with self._file.locked():
-            clients = self._file.read_all()
-            if name not in clients:
-                return False
-            edited = edit(clients.pop(name))
-            if edited is not None:
-                clients[name] = edited
-            self._file.write_all(clients)
-        return True
+        return self._file.change(name, edit)
 
     def read_all(self) -> dict[str, Client]:
         """Every client, read from the file now; OSError or ValueError when it cannot be read."""

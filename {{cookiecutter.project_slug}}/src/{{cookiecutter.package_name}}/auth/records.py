@@ -88,6 +88,19 @@ class RecordFile(Generic[R]):
             Path(temporary).unlink(missing_ok=True)
             raise
 
+    def change(self, name: str, edit: Callable[[R], R | None]) -> bool:
+        """Under the lock, replace record `name` by `edit(record)`, or remove it when that
+        returns None; False, and the file untouched, when there is no such record."""
+        with self.locked():
+            records = self.read_all()
+            if name not in records:
+                return False
+            edited = edit(records.pop(name))
+            if edited is not None:
+                records[name] = edited
+            self.write_all(records)
+        return True
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the file's directory: the file itself is replaced by each

@@ -78,15 +78,7 @@ class FileUserStore:
     def change(self, name: str, edit: Callable[[User], User | None]) -> bool:
         """Replace user `name` by `edit(user)`, or remove them when it returns None; False, and
         the file untouched, when there is no such user."""
-        with self._file.locked():
-            users = self._file.read_all()
-            if name not in users:
-                return False
-            edited = edit(users.pop(name))
-            if edited is not None:
-                users[name] = edited
-            self._file.write_all(users)
-        return True
+        return self._file.change(name, edit)
 
     def read_all(self) -> dict[str, User]:
         """Every user, read from the file now; OSError or ValueError when it cannot be read."""
