@@ -5,6 +5,7 @@
     python -m bench --stock          # also the same app under stock uvicorn: what serve's
                                      # header/body limits and log format cost per request
     python -m bench --against SRC    # also serve from another copy of src/ (an older commit)
+    python -m bench --profile        # where each route's CPU goes, stage by stage (py-spy)
 
 It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
 throwaway redis-server; creates a user; gets many distinct access tokens (a few logins, then
@@ -41,6 +42,7 @@ from tests.redis_monitor import client_commands
 from tests.redis_server import RedisServer, free_port
 
 from {{ cookiecutter.package_name }}.settings import Settings
+from bench import stages
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
@@ -142,6 +144,9 @@ def service_environment(redis: str, workdir: Path) -> dict[str, str]:
         APP_LOGIN_RATE_LIMIT=UNLIMITED,
         APP_MAX_SESSIONS_PER_USER="1000",
         APP_ACCESS_TOKEN_TTL_SECONDS="3600",  # noqa: S106 (a lifetime, not a password)
+        # As in production: JSON log lines (every request's line is written), no docs.
+        APP_LOG_FORMAT="json",
+        APP_DOCS="false",
     )
     env.update(signing_settings(workdir))
     subprocess.run(
@@ -322,6 +327,8 @@ def benchmark(args: argparse.Namespace) -> int:
         )
         if args.soak:
             return soak(args, process.pid, base_url, *tokens)
+        if args.profile:
+            return profile_routes(args, process, base_url, tokens, workdir)
         # Warm up every route of every server (interpreter caches, pool connections, scripts).
         for _, url in running.values():
             for route in ROUTES:
@@ -407,6 +414,33 @@ def report(rounds: list[Round]) -> None:
         )
 
 
+PROFILE_SECONDS = 20  # sampled per route; the load runs a second longer on each side
+
+
+def profile_routes(
+    args: argparse.Namespace,
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    tokens: Tokens,
+    workdir: Path,
+) -> int:
+    """Each route under load while py-spy samples the server: CPU per request, by stage."""
+    stages.py_spy()  # fail before the load if it is missing
+    for route in ROUTES:
+        load(f"{base_url}{route}", *tokens, 2, args.connections)  # warm-up
+    by_route = {}
+    for route in ROUTES:
+        stacks = workdir / f"stacks{route.replace('/', '-')}.txt"
+        cpu_before = cpu_seconds(process.pid)
+        sampler = stages.start_sampling(process.pid, PROFILE_SECONDS, stacks)
+        total, _, _, _ = load(f"{base_url}{route}", *tokens, PROFILE_SECONDS + 2, args.connections)
+        stages.finish_sampling(sampler)
+        cpu_us = (cpu_seconds(process.pid) - cpu_before) * 1e6 / max(total, 1)
+        by_route[route] = (stages.shares(stacks), cpu_us)
+    stages.print_profile(by_route)
+    return 0
+
+
 def soak(
     args: argparse.Namespace, pid: int, base_url: str, tokens: list[str], tokens_file: Path
 ) -> int:
@@ -440,6 +474,11 @@ def main() -> int:
         "--soak", action="store_true", help="long run: RSS after warm-up and at the end"
     )
     parser.add_argument("--requests", type=int, default=200_000, help="soak: total requests")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample serve with py-spy under load: each route's CPU per request, by stage",
+    )
     compared = parser.add_mutually_exclusive_group()
     compared.add_argument(
         "--stock",
