@@ -42,7 +42,8 @@ from tests.redis_monitor import client_commands
 from tests.redis_server import RedisServer, free_port
 
 from {{ cookiecutter.package_name }}.settings import Settings
-from bench import stages
+
+from . import stages
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
