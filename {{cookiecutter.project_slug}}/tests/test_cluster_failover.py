@@ -36,7 +36,13 @@ from .helpers import add_user, bearer, login
 from .redis_cluster import RedisClusterServers
 from .test_processes import logged_service
 from .test_reset_connections import rss_mib
-from .traffic import Answer, Traffic, assert_only_503s_and_late_writes_lost, statuses_of_sessions
+from .traffic import (
+    Answer,
+    Traffic,
+    assert_only_503s_and_late_writes_lost,
+    served_limits,
+    statuses_of_sessions,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -117,7 +123,7 @@ async def test_a_primary_killed_under_load_costs_503s_on_its_slots_only_and_no_r
 
     served = logged_service(settings, cluster.url, key_files, tmp_path, APP_REDIS_CLUSTER="true")
     with served as (service, log):
-        limits = httpx.Limits(max_connections=len(readers) + len(cyclers) + 4)
+        limits = served_limits(len(readers) + len(cyclers) + 4)
         async with httpx.AsyncClient(base_url=service.url, limits=limits, timeout=30) as client:
             pairs = {name: await login(client, name) for name in readers}
             tokens = {name: pair["access_token"] for name, pair in pairs.items()}
@@ -218,7 +224,8 @@ def describe(answers: list[Answer], times: Timeline, undone: Sequence[object]) -
     last_failure = max((a.answered for a in failed), default=times.killed) - times.killed
     return (
         f"\n{len(answers)} answers; 503: {len(failed)}, 500: "
-        f"{sum(a.status == 500 for a in answers)}, lost writes (401): "
+        f"{sum(a.status == 500 for a in answers)}, no answer: "
+        f"{sum(a.status == 0 for a in answers)}, lost writes (401): "
         f"{sum(a.status == 401 for a in answers)}, logouts undone: {len(undone)}; after the kill: "
         f"promoted at {times.promoted - times.killed:.2f} s, all nodes agreed at "
         f"{times.agreed - times.killed:.2f} s, last 503 at {last_failure:.2f} s; old primary "
