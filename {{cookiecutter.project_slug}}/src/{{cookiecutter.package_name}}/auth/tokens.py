@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jose import jws, jwt
+from jose import jwt
 from jose.exceptions import JOSEError
 from jose.utils import base64url_decode
 
@@ -165,8 +165,10 @@ class TokenVerifier:
     `UnknownKey` when it is well formed but names a key `keys` does not hold (also a 401).
 
     The header's `kid` only selects among keys the service already holds (`keys`, loaded at
-    startup); an unknown `kid` costs a dictionary lookup, no I/O. python-jose then checks the
-    signature with that key and the one configured algorithm (`jws.verify`); the claim rules are
+    startup); an unknown `kid` costs a dictionary lookup, no I/O. python-jose's key object for
+    that `kid`, made for the one configured algorithm, then checks the signature over the
+    token's first two segments (what `jws.verify` does once it has parsed the token again, the
+    third time counting ours and the canonical-form check); the claim rules are
     written out in `_principal_from`, each required explicitly (python-jose's own claim
     validation requires nothing by default, and costs more than the signature check).
     """
@@ -186,12 +188,12 @@ class TokenVerifier:
         # The size cap first: the pattern then never reads more than MAX_TOKEN_BYTES.
         if len(token) > MAX_TOKEN_BYTES or not CANONICAL_JWS.fullmatch(token):
             return None
+        signing_input, _, signature = token.rpartition(".")
+        header_segment, _, payload_segment = signing_input.partition(".")
         try:
-            # Unverified until the signature is checked: used here only to pick one of our keys.
-            # Only the header segment is decoded (python-jose's `get_unverified_header` decodes
-            # all three, and `jws.verify` does so again); `jws.verify` below then checks these
-            # very bytes, since the signature covers them.
-            header = json.loads(base64url_decode(token.partition(".")[0].encode("ascii")))
+            # Unverified until the signature is checked: used here only to pick one of our keys,
+            # and to refuse any `alg` but the configured one (RFC 8725, section 3.1).
+            header = json.loads(base64url_decode(header_segment.encode("ascii")))
             if header.get("alg") != self._algorithm:
                 return None
             kid = header.get("kid")
@@ -200,9 +202,11 @@ class TokenVerifier:
             key = self._keys.verification_key(kid)
             if key is None:
                 return UnknownKey(kid)
-            payload = jws.verify(token, key, self._algorithms)
-            # The signature covers the header, so once verified it is no longer "unverified".
-            claims = json.loads(payload)
+            # The key was made for the configured algorithm only (`jwk.construct` when loaded), so
+            # a header cannot choose another; the signature covers the header and the payload.
+            if not key.verify(signing_input.encode("ascii"), base64url_decode(signature.encode())):
+                return None
+            claims = json.loads(base64url_decode(payload_segment.encode("ascii")))
             return self._principal_from(header, claims, time.time())
         except TOKEN_ERRORS:
             return None
