@@ -5,9 +5,10 @@ same tokens.
     python bench/peers.py tutorial PORT   # FastAPI's tutorial: python-jose decode, no Redis
     python bench/peers.py limiter PORT    # the same, plus fastapi-limiter on Redis
 
-`tutorial` is the OAuth2 + JWT chapter of FastAPI's documentation: an async dependency that
-decodes the bearer token with python-jose (`jwt.decode`, which checks the signature, `exp` and,
-told our audience, `aud`), looks the subject up in a dict, and returns it. Nothing is checked in
+`tutorial` is the OAuth2 + JWT chapter of FastAPI's documentation, in its shape: an async
+dependency decodes the bearer token with python-jose (`jwt.decode`, which checks the signature,
+`exp` and, told our audience, `aud`) and looks the subject up in a dict, a second one checks the
+user is active, and the route returns the user through its response model. Nothing is checked in
 Redis: a token stays good after a logout until it expires. `limiter` adds fastapi-limiter's
 `RateLimiter` (pyrate-limiter's Redis bucket, keyed by client address and path, its default) to
 the same route. Both have a bare `/health/live`, so the benchmark starts and warms them up as it
@@ -51,17 +52,33 @@ def verification_key(settings: Settings) -> str:
 
 settings = Settings()
 KEY, ALGORITHM, AUDIENCE = verification_key(settings), settings.jwt_algorithm, settings.jwt_audience
-USERS = {"bench": {"scopes": ["read"]}}  # the tutorial's `fake_users_db`
+# The tutorial's `fake_users_db`, with the benchmark's user (its hash is never checked here).
+USERS = {"bench": {"username": "bench", "disabled": False, "hashed_password": "unused"}}
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="token")
 
 
+class TokenData(BaseModel):
+    username: str | None = None
+
+
 class User(BaseModel):
-    sub: str
-    scopes: list[str]
+    username: str
+    email: str | None = None
+    full_name: str | None = None
+    disabled: bool | None = None
 
 
-async def get_current_user(token: Annotated[str, Depends(oauth2_scheme)]) -> User:
+class UserInDB(User):
+    hashed_password: str
+
+
+def get_user(db: dict[str, dict[str, Any]], username: str | None) -> UserInDB | None:
+    record = db.get(username) if username is not None else None
+    return UserInDB(**record) if record is not None else None
+
+
+async def get_current_user(token: Annotated[str, Depends(oauth2_scheme)]) -> UserInDB:
     unauthorized = HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
         detail="Could not validate credentials",
@@ -69,13 +86,24 @@ async def get_current_user(token: Annotated[str, Depends(oauth2_scheme)]) -> Use
     )
     try:
         payload: dict[str, Any] = jwt.decode(token, KEY, algorithms=[ALGORITHM], audience=AUDIENCE)
+        username = payload.get("sub")
+        if not isinstance(username, str):
+            raise unauthorized
+        token_data = TokenData(username=username)
     except JWTError:
         raise unauthorized from None
-    username = payload.get("sub")
-    user = USERS.get(username) if isinstance(username, str) else None
-    if username is None or user is None:
+    user = get_user(USERS, token_data.username)
+    if user is None:
         raise unauthorized
-    return User(sub=username, scopes=user["scopes"])
+    return user
+
+
+async def get_current_active_user(
+    current_user: Annotated[User, Depends(get_current_user)],
+) -> User:
+    if current_user.disabled:
+        raise HTTPException(status_code=400, detail="Inactive user")
+    return current_user
 
 
 def peer(
@@ -88,9 +116,9 @@ def peer(
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/me", dependencies=list(dependencies))
-    async def me(user: Annotated[User, Depends(get_current_user)]) -> User:
-        return user
+    @app.get("/me", response_model=User, dependencies=list(dependencies))
+    async def me(current_user: Annotated[User, Depends(get_current_active_user)]) -> User:
+        return current_user
 
     return app
 
