@@ -41,6 +41,7 @@ import httpx
 from tests.keys import write_key_pair
 from tests.redis_monitor import client_commands
 from tests.redis_server import RedisServer, free_port
+from tests.traffic import CLIENT_KEEP_ALIVE_SECONDS
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -213,7 +214,10 @@ def signing_settings(workdir: Path) -> dict[str, str]:
 async def collect_tokens(base_url: str, count: int, sessions: int) -> list[str]:
     """`count` distinct, valid access tokens: `sessions` logins, then refreshes."""
     tokens: list[str] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    # Logins wait for the password hash, so some pooled connections idle meanwhile: each is given
+    # up before serve closes it (see CLIENT_KEEP_ALIVE_SECONDS).
+    limits = httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
 
         async def one_session(quota: int) -> list[str]:
             response = await client.post(
@@ -274,7 +278,7 @@ async def python_load(
     """Fallback load generator: `connections` concurrent clients, each rotating through tokens."""
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=connections)
+    limits = httpx.Limits(max_connections=connections, keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS)
 
     async def worker(offset: int, client: httpx.AsyncClient) -> None:
         index = offset
