@@ -12,7 +12,8 @@ user is active, and the route returns the user through its response model. Nothi
 Redis: a token stays good after a logout until it expires. `limiter` adds fastapi-limiter's
 `RateLimiter` (pyrate-limiter's Redis bucket, keyed by client address and path, its default) to
 the same route. Both have a bare `/health/live`, so the benchmark starts and warms them up as it
-does `serve`, and uvicorn's defaults (its access log on, to the benchmark's /dev/null).
+does `serve`, and both run under uvicorn's defaults (its access log on, written to the
+benchmark's /dev/null).
 
 Plumbing only, not part of what is compared: the key, audience and Redis come from the
 service's own settings (the environment the benchmark gives every server).
@@ -132,12 +133,16 @@ def limited() -> FastAPI:
     # background leak is a task there): so in the lifespan, before the first request.
     rate_limiter = RateLimiter(limiter=cast(Limiter, None))
 
+    # Under the run's own prefix, and deleted at the end: the bucket is a sorted set without a TTL.
+    bucket_key = f"{settings.redis_key_prefix}:peer-limiter"
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url)
-        bucket = await RedisBucket.init([UNLIMITED], redis, "bench-peer-limiter")
+        bucket = await RedisBucket.init([UNLIMITED], redis, bucket_key)
         rate_limiter.limiter = Limiter(bucket)
         yield
+        await redis.delete(bucket_key)
         await redis.aclose()
 
     return peer([Depends(rate_limiter)], lifespan)
