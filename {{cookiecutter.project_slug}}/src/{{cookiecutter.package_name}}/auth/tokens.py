@@ -179,7 +179,6 @@ class TokenVerifier:
         self._allow_missing_typ = False
         self._whole_seconds = True  # our times are integers; an issuer's may not be
         self._algorithm = settings.jwt_algorithm
-        self._algorithms = [settings.jwt_algorithm]  # a one-element list, never a string
         self._keys = keys
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
@@ -202,9 +201,11 @@ class TokenVerifier:
             key = self._keys.verification_key(kid)
             if key is None:
                 return UnknownKey(kid)
-            # The key was made for the configured algorithm only (`jwk.construct` when loaded), so
-            # a header cannot choose another; the signature covers the header and the payload.
-            if not key.verify(signing_input.encode("ascii"), base64url_decode(signature.encode())):
+            # Every key was made for the configured algorithm only, when loaded (`auth/keys.py`,
+            # `auth/remote_keys.py`), so a header cannot choose another; the signature covers the
+            # header and the payload.
+            signature_bytes = base64url_decode(signature.encode("ascii"))
+            if not key.verify(signing_input.encode("ascii"), signature_bytes):
                 return None
             claims = json.loads(base64url_decode(payload_segment.encode("ascii")))
             return self._principal_from(header, claims, time.time())
