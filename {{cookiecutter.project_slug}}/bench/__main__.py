@@ -138,12 +138,13 @@ def others(args: argparse.Namespace) -> dict[str, list[str]]:
     """The servers of the run besides `serve`, if any were asked for: name -> command line."""
     if args.stock:
         return {"stock uvicorn": ["-c", STOCK_SERVER]}
+    servers: dict[str, list[str]] = {}
     if args.against:
         source = str(Path(args.against).resolve())
-        return {f"serve from {args.against}": ["-c", AGAINST_SERVER, source]}
-    if args.peers:
-        return PEERS
-    return {}
+        servers[f"serve from {args.against}"] = ["-c", AGAINST_SERVER, source]
+    if args.peers:  # with --against too: the peers before and after a change, in one run
+        servers |= PEERS
+    return servers
 
 
 def service_environment(redis: str, workdir: Path) -> dict[str, str]:
@@ -499,6 +500,7 @@ def main() -> int:
         action="store_true",
         help="sample serve with py-spy under load: each route's CPU per request, by stage",
     )
+    # --stock stands alone; --against and --peers may be combined.
     compared = parser.add_mutually_exclusive_group()
     compared.add_argument(
         "--stock",
@@ -512,7 +514,7 @@ def main() -> int:
         help="also run serve from another copy of the code (its src/ folder, e.g. of a git "
         "worktree of an older commit) and compare: a change's cost, measured in one run",
     )
-    compared.add_argument(
+    parser.add_argument(
         "--peers",
         action="store_true",
         help="also run FastAPI's tutorial (python-jose decode, no Redis) and the same with "
