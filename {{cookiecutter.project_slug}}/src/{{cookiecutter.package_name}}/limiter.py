@@ -33,6 +33,7 @@ from .outage import RedisOutage
 from .rates import Decision, Rate
 from .redis_clients import RedisClient
 from .settings import Settings
+from .tracing import Tracing
 
 LOGIN_POLICY = "login"
 POLICY_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")  # a policy name is part of keys and headers
@@ -48,13 +49,17 @@ class Limiter:
     """Per-client and per-account buckets in Redis, one script call per check."""
 
     def __init__(
-        self, redis: RedisClient | MultiplexedRedis, settings: Settings, outage: RedisOutage
+        self,
+        redis: RedisClient | MultiplexedRedis,
+        settings: Settings,
+        outage: RedisOutage,
+        tracing: Tracing | None = None,
     ) -> None:
         self._keys = Keyspace(settings.redis_key_prefix)
         self._login_rate = settings.login_rate_limit
         self._fail_open = settings.rate_limit_fail_open
-        self._take = scripts.register(redis, "limit.lua", with_gcra=True)
-        self._give_back = scripts.register(redis, "refund.lua", with_gcra=True)
+        self._take = scripts.register(redis, "limit.lua", with_gcra=True, tracing=tracing)
+        self._give_back = scripts.register(redis, "refund.lua", with_gcra=True, tracing=tracing)
         self._outage = outage
 
     async def login_attempt(self, client: str, username: str) -> Decision:

@@ -4,7 +4,8 @@
 `--workers N` too). Lines go to stderr, in one of two formats (`APP_LOG_FORMAT`):
 
 - `json`: one object per line, `time`, `level`, `logger`, `message`, the request id of the
-  request being served (`request_id`), and the fields a line was given (`FIELDS`);
+  request being served (`request_id`) and, when that request is traced, its `trace_id` and
+  `span_id`, and the fields a line was given (`FIELDS`);
 - `text`: `<time> <LEVEL> <logger>: <message>`, for people reading a terminal.
 
 Request lines (`middleware.RequestLog`, one per answered HTTP request) carry the path without
@@ -36,6 +37,9 @@ FIELDS = ("event", "sub", "client", "method", "path", "status", "duration_ms")
 # The id of the request this task is serving; `RequestLog` sets it and resets it around each
 # request. A ContextVar is per asyncio task, so concurrent requests never see each other's.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# With tracing on (tracing.py), the trace and span ids of the sampled request this task is
+# serving, as the integers OpenTelemetry keeps; JSON lines write them as W3C's hex.
+TRACE_IDS: ContextVar[tuple[int, int] | None] = ContextVar("trace_ids", default=None)
 
 
 class DropQueryStrings(logging.Filter):
@@ -149,6 +153,10 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()  # formatting runs in the task that logged
         if request_id is not None:
             line["request_id"] = request_id
+        trace_ids = TRACE_IDS.get()
+        if trace_ids is not None:
+            line["trace_id"] = f"{trace_ids[0]:032x}"
+            line["span_id"] = f"{trace_ids[1]:016x}"
         for field in FIELDS:
             value = record.__dict__.get(field)
             if value is not None:

@@ -28,6 +28,7 @@ from .redis_clients import close_redis, create_per_request_client, create_redis
 from .settings import Settings, get_settings
 from .shutdown import Drain
 from .state import AppState, Issuing, Stores, attach
+from .tracing import FASTAPI_TELEMETRY, tracing_for
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,14 @@ def create_app(
     come from the environment and `.env`).
     """
     settings = settings or get_settings()
+    tracing = tracing_for(settings)  # None unless APP_TRACING=otlp (see tracing.py)
     remote_keys: RemoteKeys | None = None
     issuing: Issuing | None = None
     verifier: TokenVerifier
     if settings.remote_issuer:
         # Another service or an identity provider issues the tokens: we only verify them, with
         # the keys it publishes. No keys of our own, so no login, no refresh, no JWKS here.
-        remote_keys = RemoteKeys(settings)
+        remote_keys = RemoteKeys(settings, tracing)
         verifier = RemoteTokenVerifier(settings, remote_keys)
     else:
         keys = load_key_set(settings)
@@ -71,19 +73,22 @@ def create_app(
         token_verifier=verifier,
         issuing=issuing,
         remote_keys=remote_keys,
+        tracing=tracing,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if tracing is not None:
+            tracing.start()  # before anything that makes spans: the first key fetch, requests
         redis = create_redis(settings)
         per_request = create_per_request_client(settings)  # None on Redis Cluster
         outage = RedisOutage(redis, settings.redis_timeout_seconds)
         state.running = Stores(
             redis=redis,
             outage=outage,
-            sessions=SessionStore(redis, settings, per_request),
-            limiter=Limiter(per_request or redis, settings, outage),
-            items=ItemStore(redis, settings),  # the example router's data
+            sessions=SessionStore(redis, settings, per_request, tracing),
+            limiter=Limiter(per_request or redis, settings, outage, tracing),
+            items=ItemStore(redis, settings, tracing),  # the example router's data
         )
         if remote_keys is not None:
             if isinstance(state.token_verifier, RemoteTokenVerifier):
@@ -99,6 +104,8 @@ def create_app(
             if per_request is not None:
                 await per_request.aclose()
             await close_redis(redis)
+            if tracing is not None:
+                await tracing.close()  # the last spans, Redis' included
 
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
@@ -107,11 +114,14 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=docs.OPENAPI_URL if settings.serves_docs else None,
+        telemetry=FASTAPI_TELEMETRY,  # FastAPI's own spans off: ours are tracing.py's
     )
     attach(app, state)
     install_error_handlers(app)
     # The only middleware: request ids, request lines and request metrics (see middleware.py).
-    app.add_middleware(RequestLog, trusted_proxies=settings.trusted_proxies, drain=drain)
+    app.add_middleware(
+        RequestLog, trusted_proxies=settings.trusted_proxies, drain=drain, tracing=tracing
+    )
     if settings.serves_docs:
         docs.install_docs(app)
     app.include_router(health.router)

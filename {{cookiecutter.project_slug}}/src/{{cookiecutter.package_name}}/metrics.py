@@ -9,7 +9,7 @@ client address would add one series per distinct value, kept until the process e
 - `route`: the matched route's template (`/me`, never `/me?x=1` or a path with an id in it),
   else "unmatched";
 - `status`: the status code as text, 100 to 599;
-- `reason`, `kind`: from `AUTH_REASONS` and `REDIS_KINDS`;
+- `reason`, `kind`: from `AUTH_REASONS`, `SPAN_DROP_REASONS` and `REDIS_KINDS`;
 - `policy`: rate-limit policy names come from the code (`limiter.check_policy_name`); past
   `MAX_POLICIES` distinct ones, the rest count as "other".
 
@@ -81,10 +81,17 @@ RATE_LIMITED = Counter("rate_limited", "Requests refused with 429, by policy", (
 REDIS_ERRORS = Counter(
     "redis_errors", "Redis calls that failed (503 or a skipped check), by kind", ("kind",)
 )
+# Why the tracing exporter's queue gave a span up (tracing.py): it was full, or shut down.
+SPAN_DROP_REASONS = ("queue_full", "already_shutdown")
+SPANS_DROPPED = Counter(
+    "trace_spans_dropped", "Finished spans never sent to the collector, by reason", ("reason",)
+)
 for _reason in AUTH_REASONS:  # exported at 0 from the start, so rates need no special case
     AUTH_REJECTIONS.labels(_reason)
 for _kind in REDIS_KINDS:
     REDIS_ERRORS.labels(_kind)
+for _reason in SPAN_DROP_REASONS:
+    SPANS_DROPPED.labels(_reason)
 
 # The bound children of each (method, route, status): `labels()` takes a lock and checks its
 # arguments on every call, this is one dict lookup. Bounded: every key part is from a fixed set.
@@ -126,6 +133,11 @@ def rate_limited(policy: str) -> None:
         else:
             _policies.add(policy)
     RATE_LIMITED.labels(policy).inc()
+
+
+def spans_dropped(reason: str, count: int) -> None:
+    """`count` spans given up by the tracing exporter's queue (`SPAN_DROP_REASONS`)."""
+    SPANS_DROPPED.labels(reason if reason in SPAN_DROP_REASONS else OTHER).inc(count)
 
 
 def redis_error_kind(error: BaseException) -> str:

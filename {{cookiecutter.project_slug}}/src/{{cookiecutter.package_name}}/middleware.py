@@ -1,4 +1,5 @@
-"""The one middleware (pure ASGI): request ids, request lines and request metrics."""
+"""The one middleware (pure ASGI): request ids, request lines, request metrics and, with tracing
+on, each request's server span."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from . import metrics
 from .logs import PACKAGE, REQUEST_ID
 from .network import IPNetwork, client_address
 from .shutdown import Drain
+from .tracing import Tracing
 
 REQUEST_ID_HEADER = b"x-request-id"
 # While the process drains (shutdown.py), every answer closes its connection.
@@ -50,11 +52,16 @@ class RequestLog:
     """
 
     def __init__(
-        self, app: ASGIApp, trusted_proxies: tuple[IPNetwork, ...] = (), drain: Drain | None = None
+        self,
+        app: ASGIApp,
+        trusted_proxies: tuple[IPNetwork, ...] = (),
+        drain: Drain | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.app = app
         self.trusted_proxies = trusted_proxies
         self.drain = drain or Drain()
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan, WebSocket: no request line, no id
@@ -83,6 +90,7 @@ class RequestLog:
             await send(message)
 
         reset = REQUEST_ID.set(request_id.decode())
+        span = self.tracing.start_request(scope) if self.tracing is not None else None
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
@@ -91,9 +99,12 @@ class RequestLog:
             refusal = scope.get("extensions", {}).get(EDGE_REFUSAL)
             if refusal is not None:
                 status = refusal["status"]
-            metrics.observe_request(scope["method"], metrics.route_of(scope), status, seconds)
+            route = metrics.route_of(scope)
+            metrics.observe_request(scope["method"], route, status, seconds)
             if access_logger.isEnabledFor(logging.INFO):  # nothing built for no one
                 self.log(scope, status, seconds)
+            if span is not None:  # after the request line, which carries its ids
+                span.end(scope["method"], route, status)
             REQUEST_ID.reset(reset)
 
     def log(self, scope: Scope, status: int, seconds: float) -> None:

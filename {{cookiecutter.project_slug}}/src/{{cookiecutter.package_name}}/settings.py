@@ -8,6 +8,7 @@ and hand the result to `create_app`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from functools import lru_cache
@@ -136,6 +137,12 @@ class Settings(BaseSettings):
     # /docs, /redoc and /openapi.json. None: on in development, off in production, where the
     # document would show every route and parameter to anyone who can reach the port.
     docs: bool | None = None
+    # OpenTelemetry traces over OTLP/HTTP (tracing.py; the `otel` extra): `off`, or `otlp` with
+    # the standard OTEL_* variables for the collector's address, the sampler and the resource.
+    tracing: Literal["off", "otlp"] = "off"
+    # The authenticated subject as `enduser.id` on request spans: off, so a trace store holds
+    # no identity unless someone chose that it may.
+    tracing_include_subject: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +204,11 @@ class Settings(BaseSettings):
             )
         if self.argon2_memory_kib < 8 * self.argon2_parallelism:
             raise ValueError("APP_ARGON2_MEMORY_KIB must be at least 8 x APP_ARGON2_PARALLELISM")
+        if self.tracing == "otlp" and not has_tracing_sdk():
+            raise ValueError(
+                "APP_TRACING=otlp needs the OpenTelemetry SDK and exporter: install the `otel` "
+                "extra (pip install '.[otel]'; make install and the Docker image include it)"
+            )
         return self
 
     def _check_remote(self) -> None:
@@ -292,3 +304,15 @@ def _as_whom() -> str:
 def get_settings() -> Settings:
     """The process's settings, read once on first use."""
     return Settings()
+
+
+def has_tracing_sdk() -> bool:
+    """The `otel` extra is installed. Looked up, not imported (that is for `tracing.py`); a
+    missing parent package makes `find_spec` raise rather than answer None."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ModuleNotFoundError:
+        return False

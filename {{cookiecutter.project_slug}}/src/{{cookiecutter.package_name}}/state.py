@@ -31,6 +31,7 @@ from .outage import RedisOutage
 from .redis_clients import RedisClient
 from .settings import Settings
 from .shutdown import Drain
+from .tracing import Tracing
 
 # The one name under Starlette's `app.state`; nothing else is put there.
 STATE_ATTRIBUTE = "typed"
@@ -67,6 +68,7 @@ class AppState:
     token_verifier: TokenVerifier
     issuing: Issuing | None  # None: tokens come from a remote issuer
     remote_keys: RemoteKeys | None  # that issuer's published keys
+    tracing: Tracing | None  # None: APP_TRACING=off
     running: Stores | None = field(default=None)
     # What a 422 may name: made from the OpenAPI document at the first 422 (`error_handlers.py`).
     declared_names: frozenset[str] | None = field(default=None)

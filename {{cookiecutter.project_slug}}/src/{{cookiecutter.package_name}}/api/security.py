@@ -104,6 +104,8 @@ class Authenticated(OAuth2PasswordBearer):
             metrics.auth_rejected("session")
             raise errors.invalid_token()
         enforce(decision, rate, self._policy, response)
+        if state.tracing is not None:
+            state.tracing.identify(principal.sub)  # only with APP_TRACING_INCLUDE_SUBJECT
         return principal
 
 

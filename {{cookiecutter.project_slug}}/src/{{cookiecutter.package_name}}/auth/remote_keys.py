@@ -32,8 +32,10 @@ from urllib.parse import urlsplit
 import httpx
 from jose import jwk
 from jose.backends.base import Key
+from opentelemetry.trace import Span
 
 from ..settings import Settings
+from ..tracing import Tracing
 from .tokens import KID_PATTERN, TOKEN_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ NOT_JSON_ERRORS = (ValueError, RecursionError)  # json.loads: not JSON, or neste
 RETRY_SECONDS = (1.0, 30.0)  # after a failed fetch: first retry, doubling up to the last
 RSA_BITS = (2048, 8192)  # weaker keys are refused; larger ones only cost verification time
 MAX_AGE_PATTERN = re.compile(r"(?:^|[,\s])max-age=\"?(\d{1,10})\"?(?:$|[,\s])", re.IGNORECASE)
+# Each fetch is a client span (with tracing on) named by what it fetches; its attributes are the
+# method and the status, never the URL, which may carry credentials.
+FETCH_ATTRIBUTES = {"http.request.method": "GET"}
 # Members of a private JWK: a published key holding any of them is a leak, not a key to use.
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
@@ -63,7 +68,8 @@ class RemoteKeys:
     one place a request may wait for a fetch, and it is gated and shared.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
+        self._tracing = tracing or Tracing()  # never started: no spans, nothing imported
         self._algorithm = settings.jwt_algorithm
         self._oidc_issuer = settings.oidc_issuer
         self._jwks_url = settings.jwt_jwks_url  # with OIDC: found by discovery
@@ -145,7 +151,7 @@ class RemoteKeys:
             # Each read has its timeout; this bounds a server that trickles bytes.
             async with asyncio.timeout(2 * self._timeout):
                 jwks_url = self._jwks_url or await self._discover()
-                document, max_age = await self._get_json(jwks_url)
+                document, max_age = await self._get_json(jwks_url, "jwks.fetch")
                 keys = usable_keys(document, self._algorithm)
         except Exception as error:  # whatever went wrong, the last good keys stay
             self._failed(describe_error(error))
@@ -179,9 +185,9 @@ class RemoteKeys:
             raise FetchError("no JWKS URL configured")
         oidc, oauth = metadata_urls(issuer)
         try:
-            document, _ = await self._get_json(oidc)
+            document, _ = await self._get_json(oidc, "oidc.discovery")
         except FetchError:  # no OpenID configuration (a 404, say): an OAuth server's metadata
-            document, _ = await self._get_json(oauth)
+            document, _ = await self._get_json(oauth, "oidc.discovery")
         if not isinstance(document, dict) or document.get("issuer") != issuer:
             # Both specifications: the document must name the issuer it was asked for (OIDC
             # Discovery 1.0, section 4.3; RFC 8414, section 3.3).
@@ -191,23 +197,36 @@ class RemoteKeys:
             raise FetchError("the discovery document has no usable jwks_uri")
         return jwks_uri
 
-    async def _get_json(self, url: str) -> tuple[Any, float]:
-        """The JSON document at `url` and its max-age; at most `MAX_DOCUMENT_BYTES` are read."""
-        if self._client is None:
+    async def _get_json(self, url: str, span_name: str) -> tuple[Any, float]:
+        """The JSON document at `url` and its max-age; at most `MAX_DOCUMENT_BYTES` are read.
+        With tracing on, the request carries this fetch's `traceparent`."""
+        client = self._client
+        if client is None:
             raise FetchError("not started")
-        async with self._client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise FetchError(f"HTTP {response.status_code}")
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise FetchError(f"the answer is over {MAX_DOCUMENT_BYTES} bytes")
-            max_age = max_age_of(response.headers.get("cache-control", ""))
-        try:
-            return json.loads(body), max_age
-        except NOT_JSON_ERRORS:
-            raise FetchError("the answer is not JSON") from None
+        async with self._tracing.client_span(span_name, FETCH_ATTRIBUTES) as span:
+            headers: dict[str, str] = {}
+            self._tracing.inject(headers)
+            return await read_json(client, url, headers, span)
+
+
+async def read_json(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], span: Span
+) -> tuple[Any, float]:
+    """`_get_json`'s request: the document and its max-age, the status on `span`."""
+    async with client.stream("GET", url, headers=headers) as response:
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code != 200:
+            raise FetchError(f"HTTP {response.status_code}")
+        body = bytearray()
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise FetchError(f"the answer is over {MAX_DOCUMENT_BYTES} bytes")
+        max_age = max_age_of(response.headers.get("cache-control", ""))
+    try:
+        return json.loads(body), max_age
+    except NOT_JSON_ERRORS:
+        raise FetchError("the answer is not JSON") from None
 
 
 def metadata_urls(issuer: str) -> tuple[str, str]:

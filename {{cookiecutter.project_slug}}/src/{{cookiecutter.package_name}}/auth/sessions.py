@@ -29,6 +29,7 @@ from ..multiplex import MultiplexedRedis
 from ..rates import DEFAULT_POLICY, Decision, Rate
 from ..redis_clients import RedisClient
 from ..settings import Settings
+from ..tracing import Tracing
 from .users import USERNAME_PATTERN
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # secrets.token_urlsafe(16): 128 bits
@@ -100,7 +101,11 @@ class SessionStore:
     """Create, check, continue (rotate the refresh token) and end sessions; one script call each."""
 
     def __init__(
-        self, redis: RedisClient, settings: Settings, per_request: MultiplexedRedis | None = None
+        self,
+        redis: RedisClient,
+        settings: Settings,
+        per_request: MultiplexedRedis | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`per_request` runs the script of every request (`admit`); without it, `redis` does."""
         self._keys = Keyspace(settings.redis_key_prefix)
@@ -108,11 +113,13 @@ class SessionStore:
         self._absolute_ms = settings.session_absolute_ttl_seconds * 1000
         self._max_sessions = settings.max_sessions_per_user
         self._max_client_tokens = settings.max_tokens_per_client
-        self._create = scripts.register(redis, "session_create.lua")
-        self._request = scripts.register(per_request or redis, "request.lua", with_gcra=True)
-        self._refresh = scripts.register(redis, "session_refresh.lua")
-        self._revoke = scripts.register(redis, "session_revoke.lua")
-        self._revoke_all = scripts.register(redis, "session_revoke_all.lua")
+        self._create = scripts.register(redis, "session_create.lua", tracing=tracing)
+        self._request = scripts.register(
+            per_request or redis, "request.lua", with_gcra=True, tracing=tracing
+        )
+        self._refresh = scripts.register(redis, "session_refresh.lua", tracing=tracing)
+        self._revoke = scripts.register(redis, "session_revoke.lua", tracing=tracing)
+        self._revoke_all = scripts.register(redis, "session_revoke_all.lua", tracing=tracing)
 
     async def create(self, sub: str, scopes: frozenset[str]) -> Session:
         """Open a session; beyond the per-user cap, the user's oldest sessions end."""

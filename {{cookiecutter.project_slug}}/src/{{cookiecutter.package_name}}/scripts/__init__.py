@@ -12,8 +12,21 @@ from typing import Any, Protocol
 
 from ..multiplex import MultiplexedRedis
 from ..redis_clients import RedisClient
+from ..tracing import Tracing
 
 SHARED = "gcra.lua"
+# What each script does, as its trace span is named (tracing.py): a fixed name per script,
+# never its keys or arguments.
+SPAN_NAMES = {
+    "session_create.lua": "session.create",
+    "request.lua": "session.admit",
+    "session_refresh.lua": "session.refresh",
+    "session_revoke.lua": "session.revoke",
+    "session_revoke_all.lua": "session.revoke_all",
+    "limit.lua": "limit.take",
+    "refund.lua": "limit.refund",
+    "items_add.lua": "items.add",
+}
 
 
 class RunScript(Protocol):
@@ -28,10 +41,17 @@ def read(name: str) -> str:
 
 
 def register(
-    redis: RedisClient | MultiplexedRedis, name: str, *, with_gcra: bool = False
+    redis: RedisClient | MultiplexedRedis,
+    name: str,
+    *,
+    with_gcra: bool = False,
+    tracing: Tracing | None = None,
 ) -> RunScript:
-    """The script `name`, to run through `redis`."""
+    """The script `name`, to run through `redis`; each call a span of its own when traced."""
     source = read(name)
     if with_gcra:
         source = read(SHARED) + "\n" + source
-    return redis.register_script(source)
+    script: RunScript = redis.register_script(source)
+    if tracing is None:
+        return script
+    return tracing.redis_script(script, SPAN_NAMES[name])
