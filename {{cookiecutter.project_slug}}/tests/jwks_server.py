@@ -33,6 +33,7 @@ class KeyServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.jwks_url = self.base_url + JWKS_PATH
         self.requests: Counter[str] = Counter()  # path -> requests answered or started
+        self.traceparents: list[str] = []  # the `traceparent` of each request that had one
         self.keys: list[dict[str, Any]] = []
         self.body: bytes | None = None  # when set, served instead of `keys`
         self.status = 200
@@ -64,6 +65,8 @@ class KeyServer:
             def do_GET(self) -> None:
                 with server._lock:
                     server.requests[self.path] += 1
+                    if traceparent := self.headers.get("traceparent"):
+                        server.traceparents.append(traceparent)
                 if server.delay_seconds:
                     server._stopping.wait(server.delay_seconds)
                 if self.path == JWKS_PATH:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -22,9 +23,15 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, running
-from .helpers import PASSWORD, add_user, bearer, login, me
+from .helpers import PASSWORD, add_user, bearer, login, me, wait_until_ready
+from .issuers import SigningKey, claims_for, new_signing_key
+from .jwks_server import KeyServer
 from .otlp_collector import Collector, ReceivedSpan, StalledCollector
 from .redis_server import RedisServer
+from .remote_issuer import Build, remote_client
+from .served import serve
+from .test_processes import stop
+from .test_request_logs import parse
 
 # The standard variables a developer's shell may hold, cleared so that only the test's apply.
 OTEL_VARIABLES = (
@@ -187,6 +194,68 @@ async def test_the_subject_is_named_only_when_the_settings_allow_it(
         assert (await me(client, pair["access_token"])).status_code == 200
     (span,) = [span for span in server_spans(collector.spans()) if span.name == "GET /me"]
     assert span.attributes["enduser.id"] == "alice"
+
+
+async def test_a_remote_issuers_token_and_the_key_fetch_it_causes_are_traced(
+    remote_settings: Build,
+    key_server: KeyServer,
+    issuer_key: SigningKey,
+    algorithm: str,
+    collector: Collector,
+) -> None:
+    """Remote mode: the first key fetch is a trace of its own; a token signed with a key the
+    issuer published since makes the request fetch again, and that fetch is a client span of
+    the request's, whose `traceparent` the issuer received."""
+    key_server.start()
+    settings = remote_settings(tracing="otlp", jwt_require_session=False)
+    new_key = new_signing_key(algorithm)
+    async with remote_client(settings) as (_, client):
+        await wait_until_ready(client)
+        key_server.serve(issuer_key.jwk(), new_key.jwk())  # published after our first fetch
+        token = new_key.sign(claims_for(settings, "someone"))
+        assert (await client.get("/me", headers=bearer(token))).status_code == 200
+    spans = collector.spans()
+    (first_fetch, second_fetch) = [span for span in spans if span.name == "jwks.fetch"]
+    assert first_fetch.parent_span_id == ""
+    servers = server_spans(spans)
+    assert [span.name for span in servers] == ["GET /health/ready", "GET /me"], servers
+    server = servers[1]
+    assert sorted(span.name for span in children(spans, server)) == ["jwks.fetch", "limit.take"]
+    assert second_fetch.parent_span_id == server.span_id
+    for fetch in (first_fetch, second_fetch):
+        assert fetch.kind == "client"
+        assert fetch.attributes == {"http.request.method": "GET", "http.response.status_code": 200}
+    # version-trace id-parent id-flags (sampled, and W3C level 2's "random" bit: 01 or 03)
+    received = [value.split("-") for value in key_server.traceparents]
+    assert [(version, trace_id, parent) for version, trace_id, parent, _ in received] == [
+        ("00", fetch.trace_id, fetch.span_id) for fetch in (first_fetch, second_fetch)
+    ]
+    assert all(int(flags, 16) & 1 for *_, flags in received)
+
+
+def test_json_log_lines_of_a_traced_request_carry_its_trace_and_span_ids(
+    redis_url: str, key_files: dict[str, Path], tmp_path: Path, collector: Collector
+) -> None:
+    """A served process: the request line (and every line of the request) names the ids of the
+    span the collector received, beside the request id; an untraced line names none."""
+    environment = {
+        "APP_TRACING": "otlp",
+        "APP_LOG_FORMAT": "json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    with serve(redis_url, key_files, tmp_path, environment=environment) as served:
+        request_id = "traced-request"
+        url = served.service.url + "/health/live"
+        answer = httpx.get(url, headers={"X-Request-ID": request_id}, timeout=10)
+        assert answer.status_code == 200
+        output = stop(served.service, served.log)
+    (line,) = [line for line in parse(output) if line.get("request_id") == request_id]
+    (span,) = [span for span in server_spans(collector.spans()) if span.name == "GET /health/live"]
+    assert (line["trace_id"], line["span_id"]) == (span.trace_id, span.span_id)
+    startup = [line for line in parse(output) if "request_id" not in line]
+    assert startup  # uvicorn's own lines at start and stop
+    assert not [line for line in startup if "trace_id" in line or "span_id" in line]
 
 
 async def test_a_redis_outage_makes_error_spans_named_by_class_only(
