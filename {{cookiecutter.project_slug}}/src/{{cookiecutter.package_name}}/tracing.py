@@ -38,8 +38,15 @@ import asyncio
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi.telemetry import TelemetryConfig
@@ -118,13 +125,10 @@ class Tracing:
         provider = TracerProvider(
             resource=resource, span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE_LENGTH)
         )
-        # The processor reports what it drops only with the SDK's internal metrics on, a switch
-        # it reads when it is made; its reports go to `DropCounting`, which measures nothing
-        # else, so they are on unless the environment says otherwise.
-        os.environ.setdefault(INTERNAL_METRICS_VARIABLE, "true")
-        processor = BatchSpanProcessor(OTLPSpanExporter(), meter_provider=DropCounting())
-        provider.add_span_processor(processor)
         self._tracer = provider.get_tracer(PACKAGE)
+        with internal_metrics():
+            processor = BatchSpanProcessor(OTLPSpanExporter(), meter_provider=DropCounting())
+        provider.add_span_processor(processor)
         self._stop = provider.shutdown
 
     async def close(self) -> None:
@@ -184,11 +188,26 @@ class Tracing:
 
     # -- Redis calls and key fetches ----------------------------------------------------------
 
+    def _child_tracer(self) -> Tracer | None:
+        """The tracer for a span under the current one, or None when there is no point making
+        one: tracing has not started, or the current span belongs to a trace this process does
+        not record. The SDK's samplers decide a child as its parent was decided (parent-based
+        ones by the parent's flag, ratio ones by the trace id they share), so that child would
+        record nothing either; at a 1 % sample rate, skipping it saves the other 99 % of
+        requests the cost of making it."""
+        tracer = self._tracer
+        if tracer is None:
+            return None
+        current = trace.get_current_span()
+        if current.get_span_context().is_valid and not current.is_recording():
+            return None
+        return tracer
+
     @asynccontextmanager
     async def client_span(self, name: str, attributes: Attributes = None) -> AsyncIterator[Span]:
         """A client span around one call (a key fetch, a Redis command) from the current span;
-        not started, a span that records nothing."""
-        tracer = self._tracer
+        a span that records nothing when `_child_tracer` says there is no point."""
+        tracer = self._child_tracer()
         if tracer is None:
             yield trace.INVALID_SPAN
             return
@@ -210,7 +229,7 @@ class Tracing:
         attributes = {**REDIS_ATTRIBUTES, "db.operation.name": "EVALSHA"}
 
         async def traced(keys: Sequence[str], args: Sequence[str | int]) -> Any:
-            tracer = self._tracer
+            tracer = self._child_tracer()
             if tracer is None:
                 return await run(keys=keys, args=args)
             with tracer.start_as_current_span(
@@ -247,13 +266,14 @@ class RequestSpan:
         """Name the span by its route, set its status (5xx is an error: semantic conventions
         for server spans) and end it, then restore the context as it was before the request."""
         span = self._span
-        method = method if method in metrics.METHODS else OTHER_METHOD
-        span.update_name(f"{'HTTP' if method == OTHER_METHOD else method} {route}")
-        span.set_attribute("http.route", route)
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_attribute("error.type", str(status))
-            span.set_status(StatusCode.ERROR)
+        if span.is_recording():  # else nothing of it is kept: skip the naming
+            method = method if method in metrics.METHODS else OTHER_METHOD
+            span.update_name(f"{'HTTP' if method == OTHER_METHOD else method} {route}")
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_attribute("error.type", str(status))
+                span.set_status(StatusCode.ERROR)
         span.end()
         if self._ids is not None:
             TRACE_IDS.reset(self._ids)  # type: ignore[arg-type]
@@ -277,6 +297,23 @@ def tracing_for(settings: Settings) -> Tracing | None:
     if settings.tracing == "off":
         return None
     return Tracing(settings.tracing_include_subject)
+
+
+@contextmanager
+def internal_metrics() -> Iterator[None]:
+    """The SDK's internal metrics on while the batch processor is made: it reports the spans it
+    drops only then (it reads `OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED` once, when made), and
+    its reports go to `DropCounting`. Only then: a tracer made with them on would also count
+    every span it starts, a few microseconds per span for numbers nobody reads."""
+    before = os.environ.get(INTERNAL_METRICS_VARIABLE)
+    os.environ[INTERNAL_METRICS_VARIABLE] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[INTERNAL_METRICS_VARIABLE]
+        else:
+            os.environ[INTERNAL_METRICS_VARIABLE] = before
 
 
 def failed(span: Span, error: BaseException) -> None:
