@@ -28,8 +28,10 @@ from {{ cookiecutter.package_name }}.state import app_state
 
 from .conftest import make_settings, running
 from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
+from .otlp_collector import Collector
 from .redis_cluster import RedisClusterServers
 from .test_processes import environment_for
+from .test_tracing import OTEL_VARIABLES
 
 pytestmark = pytest.mark.anyio
 
@@ -345,3 +347,30 @@ def test_a_command_on_a_connection_closed_under_it_fails_as_a_connection_error(
         uvloop.run(scenario())
     else:
         asyncio.run(scenario())
+
+
+async def test_redis_calls_on_the_cluster_are_traced_as_on_one_server(
+    cluster_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The span wraps the script call, whichever client runs it: on the cluster client too
+    (which OpenTelemetry's own Redis instrumentation leaves out), a login and a /me each show
+    their calls under their request's span, with no key in any."""
+    with Collector() as collector:
+        for name in OTEL_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        traced = cluster_settings.model_copy(update={"tracing": "otlp"})
+        async with running(create_app(traced)) as client:
+            pair = await login(client, USERS[0])
+            assert (await me(client, pair["access_token"])).status_code == 200
+        spans = collector.spans()
+    under = {
+        server.name: sorted(span.name for span in spans if span.parent_span_id == server.span_id)
+        for server in spans
+        if server.kind == "server"
+    }
+    assert under == {
+        "POST /auth/token": ["limit.refund", "limit.take", "session.create"],
+        "GET /me": ["session.admit"],
+    }
+    assert USERS[0].encode() not in collector.raw()
