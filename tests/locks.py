@@ -116,11 +116,12 @@ def locked_files(lock: Path) -> dict[tuple[str, str], tuple[list[str], bool]]:
 
 
 def without_a_wheel(project: Path, python_version: str, platform: Platform) -> Iterator[str]:
-    """The runtime and dev packages this platform and Python get from the lock that have no
-    wheel it can install: each would need a compiler (or fail) on such a machine."""
+    """The runtime, dev and otel packages this platform and Python get from the lock that have
+    no wheel it can install: each would need a compiler (or fail) on such a machine."""
     tags = platform.tags(python_version)
     files = locked_files(project / "uv.lock")
-    chosen = installed_set(exported(project, "--extra", "dev"), platform.markers(python_version))
+    extras = exported(project, "--extra", "dev", "--extra", "otel")
+    chosen = installed_set(extras, platform.markers(python_version))
     for name, version in sorted(chosen.items()):
         wheels, _ = files[(name, version)]
         if not any(tags & parse_wheel_filename(wheel)[3] for wheel in wheels):

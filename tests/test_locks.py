@@ -116,15 +116,15 @@ def test_every_locked_package_installs_from_a_wheel(
 
 def test_make_install_gives_a_new_virtualenv_exactly_the_lock(tmp_path: Path) -> None:
     """A fresh `make install`, as the README says, on a machine with only Python: the virtualenv
-    then holds the lock's runtime and dev packages at the lock's versions, the service itself,
-    and nothing else (but the pip that bootstrapped uv)."""
+    then holds the lock's runtime, dev and otel (tracing) packages at the lock's versions, the
+    service itself, and nothing else (but the pip that bootstrapped uv)."""
     project = bake(tmp_path / "bake", python_version=HOST_PYTHON)
     venv = tmp_path / "venv"
     run(["make", "install", f"VENV={venv}"], cwd=project, env=clean_environment())
     python = venv / "bin" / "python"
     markers = json.loads(run([python, "-c", MARKER_ENVIRONMENT_SCRIPT], cwd=project).stdout)
     installed = json.loads(run([python, "-c", DISTRIBUTIONS_SCRIPT], cwd=project).stdout)
-    expected = installed_set(exported(project, "--extra", "dev"), markers)
+    expected = installed_set(exported(project, "--extra", "dev", "--extra", "otel"), markers)
     expected[project.name] = "0.1.0"
     normalized = {canonicalize_name(name): version for name, version in installed.items()}
     for seed in SEED_PACKAGES:

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         if self.tracing == "otlp" and not has_tracing_sdk():
             raise ValueError(
                 "APP_TRACING=otlp needs the OpenTelemetry SDK and exporter: install the `otel` "
-                "extra (pip install '.[otel]'; make install and the Docker image include it)"
+                "extra (pip install '.[otel]'; make install includes it)"
             )
         return self
 
