@@ -145,6 +145,8 @@ PEERS = {
 # `traceparent`, so the ratio alone decides), each exporting to an OTLP/HTTP receiver of its own
 # in this process (tests/otlp_collector.py: it accepts and decodes every batch, as a collector).
 TRACING_RATIOS = ("0.01", "1.0")
+# The batch processor sends what is queued every OTEL_BSP_SCHEDULE_DELAY ms (5000 by default).
+SETTLE_SECONDS = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000 + 0.5
 OFF = "serve, tracing off"  # a copy of `serve`, the base the traced ones are compared with
 
 
@@ -425,7 +427,11 @@ def benchmark(args: argparse.Namespace) -> int:
                 measured = {route: measure(process, url + route, tokens, args) for route in routes}
                 rounds[name] += [measured[route] for route in ROUTES]
                 sent[name] += sum(item.requests for item in measured.values())
-                if name in traced:  # the receiver keeps no more than a round's spans
+                if name in traced:
+                    # What the round left queued leaves with the next scheduled export: wait
+                    # for it, so that it is not sent during (and charged to) the next server's
+                    # round. The receiver then keeps no more than a round's spans.
+                    time.sleep(SETTLE_SECONDS)
                     received[name].update(span.kind for span in traced[name][1].take())
         for name in names:
             if len(names) > 1:
