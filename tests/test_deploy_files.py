@@ -20,11 +20,13 @@ import yaml
 from .baking import TOOLS_DIR, bake, clean_environment, run
 
 
-def compose_config(project: Path, file: str = "compose.yaml") -> dict[str, Any]:
-    """A compose file as docker-compose resolves it (variables filled from `.env`)."""
+def compose_config(project: Path, *files: str) -> dict[str, Any]:
+    """Compose files (compose.yaml unless named; several are merged in order, as `-f a -f b`)
+    as docker-compose resolves them (variables filled from `.env`)."""
     docker_compose = shutil.which("docker-compose")
     assert docker_compose is not None, "docker-compose is missing; `make test` installs it with apt"
-    result = run([docker_compose, "-f", file, "config"], cwd=project, env=clean_environment())
+    options = [option for file in files or ["compose.yaml"] for option in ("-f", file)]
+    result = run([docker_compose, *options, "config"], cwd=project, env=clean_environment())
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
 
@@ -266,6 +268,73 @@ def test_scaled_compose_puts_replicas_behind_a_trusted_proxy(project: Path) -> N
     assert single["environment"]["APP_SHUTDOWN_DRAIN_SECONDS"] == "0"
     assert single["volumes"] == app["volumes"]
     assert single["depends_on"] == app["depends_on"]
+
+
+def test_compose_tracing_override_builds_the_otel_extra_and_sends_to_a_pinned_collector(
+    project: Path,
+) -> None:
+    """compose.tracing.yaml over compose.yaml: the app's image built with the `otel` extra (under
+    a tag of its own, so the default image stays without the SDK), APP_TRACING=otlp, its spans to
+    the collector service on its OTLP/HTTP port, the collector's image pinned by version and its
+    configuration a receiver on 4318 and the `debug` exporter; nothing else of the app changes."""
+    config = compose_config(project, "compose.yaml", "compose.tracing.yaml")
+    services = config["services"]
+    app, collector = services["app"], services["otel-collector"]
+    single = compose_config(project)["services"]["app"]
+
+    assert app["build"]["args"] == {"EXTRA": "otel"}
+    assert app["image"] != single["image"]
+    if "keys" in services:  # RS/ES: the one-shot keys step runs the same image, one build
+        assert services["keys"]["image"] == app["image"]
+        assert services["keys"]["build"]["args"] == {"EXTRA": "otel"}
+    environment = app["environment"]
+    assert environment["APP_TRACING"] == "otlp"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert environment["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert float(environment["OTEL_TRACES_SAMPLER_ARG"]) == 1.0  # unless .env says otherwise
+    added = {name for name in environment if environment[name] != single["environment"].get(name)}
+    assert added == {
+        "APP_TRACING",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    }
+    assert app["depends_on"] == {
+        **single["depends_on"],
+        "otel-collector": {"condition": "service_started"},
+    }
+    assert sorted(map(str, app["volumes"])) == sorted(map(str, single["volumes"]))
+    assert app["ports"] == single["ports"]
+
+    # Pinned: a version, never `latest` or a bare name; and reached from inside only.
+    assert re.fullmatch(r"otel/opentelemetry-collector-contrib:\d+\.\d+\.\d+", collector["image"])
+    assert "ports" not in collector
+    config_file = project / "deploy" / "otel-collector.yaml"
+    assert collector["command"] == ["--config=/etc/otelcol-contrib/config.yaml"]
+    assert f"{config_file}:/etc/otelcol-contrib/config.yaml:ro" in [
+        str(volume) for volume in collector["volumes"]
+    ]
+    otelcol = yaml.safe_load(config_file.read_text())
+    assert otelcol["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+    assert "grpc" not in otelcol["receivers"]["otlp"]["protocols"]  # the app speaks OTLP/HTTP
+    assert "debug" in otelcol["exporters"]
+    assert otelcol["service"]["pipelines"]["traces"] == {
+        "receivers": ["otlp"],
+        "exporters": ["debug"],
+    }
+
+
+def test_dockerfile_installs_an_extra_only_when_asked(project: Path) -> None:
+    """`--build-arg EXTRA=otel` adds the extra from the same lock to both `uv sync` steps (a sync
+    without it would remove it again); by default (empty) the image has none."""
+    instructions = dockerfile_instructions(project)
+    assert ("ARG", 'EXTRA=""') in instructions
+    syncs = [rest for name, rest in instructions if name == "RUN" and "uv sync" in rest]
+    assert len(syncs) == 2
+    for sync in syncs:
+        assert re.search(r'uv sync --locked [^&]*\$\{EXTRA:\+--extra "\$EXTRA"\}$', sync), sync
+    extras = (project / "pyproject.toml").read_text()
+    assert re.search(r"^otel = \[", extras, re.M)
 
 
 def seconds_of(pattern: str, text: str) -> float:

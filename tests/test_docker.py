@@ -648,6 +648,39 @@ def test_compose_v2_accepts_each_compose_file_and_refuses_what_it_does_not_know(
     assert "depends_on.redis.condition" in refused.stderr, refused.stderr  # names the field
 
 
+@pytest.mark.parametrize("algorithm", ["HS256", "ES256"])
+def test_compose_v2_accepts_the_tracing_override_over_compose_yaml(
+    docker: dict[str, Compose | None], tmp_path: Path, algorithm: str
+) -> None:
+    """`-f compose.yaml -f compose.tracing.yaml`, as the README runs it, passes v2's own
+    validation, and the merge gives the app (and the RS/ES keys step) the `otel` build argument,
+    APP_TRACING=otlp and the collector's address. Nothing is built: the collector's image cannot
+    be pulled here, and the extra's install is the Dockerfile's `uv sync`, which every other
+    scenario runs."""
+    compose = docker["v2"]
+    assert compose is not None
+    project = bake(tmp_path, jwt_algorithm=algorithm)
+    files = ["--file", "compose.yaml", "--file", "compose.tracing.yaml"]
+    result = subprocess.run(
+        [*compose.command, "--project-name", "tplconfig", *files, "config", "--format", "json"],
+        cwd=project, env=clean_environment(), capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    built = [name for name in ("app", "keys") if name in services]
+    assert built == (["app"] if algorithm == "HS256" else ["app", "keys"])
+    for name in built:
+        assert services[name]["build"]["args"] == {"EXTRA": "otel"}, name
+    environment = services["app"]["environment"]
+    assert environment["APP_TRACING"] == "otlp"
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert services["app"]["depends_on"]["otel-collector"]["condition"] == "service_started"
+    assert re.fullmatch(
+        r"otel/opentelemetry-collector-contrib:\d+\.\d+\.\d+", services["otel-collector"]["image"]
+    )
+
+
 # The rolling deploy: steady traffic through nginx while the README's commands replace each
 # replica with one built from changed code.
 ME_CLIENTS = 4  # threads asking GET /me, each with its own login and connection to nginx

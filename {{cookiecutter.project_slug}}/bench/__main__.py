@@ -6,6 +6,8 @@
                                      # header/body limits and log format cost per request
     python -m bench --against SRC    # also serve from another copy of src/ (an older commit)
     python -m bench --peers          # also FastAPI's tutorial decode and fastapi-limiter
+    python -m bench --tracing        # also serve with APP_TRACING=otlp, sampled at 0.01 and at
+                                     # 1.0, each exporting to an OTLP receiver the bench runs
     python -m bench --profile        # where each route's CPU goes, stage by stage (py-spy)
 
 It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
@@ -31,10 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -46,6 +50,9 @@ from tests.traffic import CLIENT_KEEP_ALIVE_SECONDS
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from . import stages
+
+if TYPE_CHECKING:
+    from tests.otlp_collector import Collector
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 ALGORITHM: str = Settings.model_fields["jwt_algorithm"].default
@@ -134,6 +141,52 @@ PEERS = {
 }
 
 
+# `--tracing`: the same `serve` with tracing on, sampled at each of these ratios (wrk sends no
+# `traceparent`, so the ratio alone decides), each exporting to an OTLP/HTTP receiver of its own
+# in this process (tests/otlp_collector.py: it accepts and decodes every batch, as a collector).
+TRACING_RATIOS = ("0.01", "1.0")
+# The batch processor sends what is queued every OTEL_BSP_SCHEDULE_DELAY ms (5000 by default).
+SETTLE_SECONDS = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000")) / 1000 + 0.5
+OFF = "serve, tracing off"  # a copy of `serve`, the base the traced ones are compared with
+
+
+def tracing_settings(ratio: str, endpoint: str) -> dict[str, str]:
+    return {
+        "APP_TRACING": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": ratio,
+    }
+
+
+def traced_servers(
+    servers: ExitStack, env: dict[str, str]
+) -> dict[str, tuple[dict[str, str], Collector]]:
+    """`--tracing`: name -> the settings of a traced `serve` and the receiver it exports to."""
+    try:
+        from tests.otlp_collector import Collector
+    except ImportError as error:  # opentelemetry-proto comes with the `otel` extra
+        raise SystemExit(f"error: --tracing needs the otel extra ({error})") from None
+    traced = {}
+    for ratio in TRACING_RATIOS:
+        collector = servers.enter_context(Collector())
+        traced[f"serve, traced at {ratio}"] = (
+            env | tracing_settings(ratio, collector.endpoint),
+            collector,
+        )
+    return traced
+
+
+def spans_dropped(base_url: str) -> float:
+    """`trace_spans_dropped_total` of a server, all reasons (from its /metrics)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(None, 1)[1])
+        for line in text.splitlines()
+        if line.startswith("trace_spans_dropped_total")
+    )
+
+
 def others(args: argparse.Namespace) -> dict[str, list[str]]:
     """The servers of the run besides `serve`, if any were asked for: name -> command line."""
     if args.stock:
@@ -150,6 +203,11 @@ def others(args: argparse.Namespace) -> dict[str, list[str]]:
 def service_environment(redis: str, workdir: Path) -> dict[str, str]:
     """Settings every server of the run shares (so a token works on each), and one user."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("APP_")}
+    # The servers run in the work folder, where a relative PYTHONPATH (`PYTHONPATH=src`) finds
+    # nothing and the venv's installed copy of the package is served instead of this one.
+    if env.get("PYTHONPATH"):
+        folders = [str(Path(folder).resolve()) for folder in env["PYTHONPATH"].split(os.pathsep)]
+        env["PYTHONPATH"] = os.pathsep.join(folders)
     env.update(
         APP_REDIS_URL=redis,
         APP_REDIS_KEY_PREFIX=f"bench-{secrets.token_hex(4)}",
@@ -319,8 +377,6 @@ def measure(
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    commands = {"serve": SERVE} | others(args)
-    names = list(commands)
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as folder,
         redis_url() as redis,
@@ -328,8 +384,17 @@ def benchmark(args: argparse.Namespace) -> int:
     ):
         workdir = Path(folder)
         env = service_environment(redis, workdir)
+        traced = traced_servers(servers, env) if args.tracing else {}
+        # With --tracing, the servers compared are all started after `serve`, which is started
+        # first and makes the tokens: it has come out tens of µs per request apart from a copy
+        # of itself (either way), so it takes part as that copy's A/A control instead.
+        base = OFF if traced else "serve"
+        copies = [OFF, *traced] if traced else []
+        commands = {"serve": SERVE} | dict.fromkeys(copies, SERVE) | others(args)
+        environments = {name: traced[name][0] if name in traced else env for name in commands}
+        names = list(commands)
         running = {
-            name: servers.enter_context(service(env, workdir, name, command))
+            name: servers.enter_context(service(environments[name], workdir, name, command))
             for name, command in commands.items()
         }
         process, base_url = running["serve"]
@@ -347,10 +412,12 @@ def benchmark(args: argparse.Namespace) -> int:
         if args.profile:
             return profile_routes(args, process, base_url, tokens, workdir)
         # Warm up every route of every server (interpreter caches, pool connections, scripts).
-        for _, url in running.values():
+        sent = dict.fromkeys(names, 0)
+        for name, (_, url) in running.items():
             for route in ROUTES:
-                load(f"{url}{route}", *tokens, 2, args.connections)
+                sent[name] += load(f"{url}{route}", *tokens, 2, args.connections)[0]
         rounds: dict[str, list[Round]] = {name: [] for name in names}
+        received: dict[str, Counter[str]] = {name: Counter() for name in traced}  # span kinds
         for number in range(args.rounds):
             # The order of routes flips every round and that of servers every other round, so
             # a drift in the machine's load (other tenants, CPU frequency) favours no one.
@@ -359,15 +426,31 @@ def benchmark(args: argparse.Namespace) -> int:
                 process, url = running[name]
                 measured = {route: measure(process, url + route, tokens, args) for route in routes}
                 rounds[name] += [measured[route] for route in ROUTES]
+                sent[name] += sum(item.requests for item in measured.values())
+                if name in traced:
+                    # What the round left queued leaves with the next scheduled export: wait
+                    # for it, so that it is not sent during (and charged to) the next server's
+                    # round. The receiver then keeps no more than a round's spans.
+                    time.sleep(SETTLE_SECONDS)
+                    received[name].update(span.kind for span in traced[name][1].take())
         for name in names:
             if len(names) > 1:
                 print(f"\n{name}:")
             report(rounds[name], TARGET_RATIO if name == "serve" else None)
         for name in names[1:]:
-            compare(rounds["serve"], name, rounds[name])
+            if name in traced:  # what tracing adds to the same build with it off
+                compare(name, rounds[name], base, rounds[base], TRACED)
+            elif name == base:  # the same code and settings: what the start order alone gives
+                compare("serve", rounds["serve"], base, rounds[base], A_A)
+            else:
+                compare(base, rounds[base], name, rounds[name])
             other = running[name][0]  # only serve talks to Redis while its commands are counted
-            other.terminate()
+            dropped = spans_dropped(running[name][1]) if name in traced else 0.0
+            other.terminate()  # a traced server sends what it still holds as it stops
             other.wait(timeout=15)
+            if name in traced:
+                received[name].update(span.kind for span in traced[name][1].take())
+                report_spans(name, sent[name], received[name], dropped)
         print("\nRedis commands per request, counted with MONITOR (scripts' own excluded):")
         for route in ROUTES:
             url = f"{running['serve'][1]}{route}"
@@ -375,12 +458,23 @@ def benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(serve: list[Round], name: str, other: list[Round]) -> None:
-    """What `serve` costs over the other server, per route: medians of the per-round figures
+TRACED = ("traced", "off")
+A_A = ("first", "copy")
+
+
+def compare(
+    name: str,
+    serve: list[Round],
+    other_name: str,
+    other: list[Round],
+    labels: tuple[str, str] = ("serve", "other"),
+) -> None:
+    """What the first server costs over the other, per route: medians of the per-round figures
     (the two ran the same round back to back, so a pair shares the machine's mood)."""
-    print(f"\nserve against {name}, per route (median over rounds):")
+    print(f"\n{name} against {other_name}, per route (median over rounds):")
     row = "  {:<13} {:>14} {:>14} {:>14} {:>12}"
-    print(row.format("route", "CPU us serve", "CPU us other", "added (pairs)", "req/s ratio"))
+    headings = (f"CPU us {labels[0]}", f"CPU us {labels[1]}", "added (pairs)", "req/s ratio")
+    print(row.format("route", *headings))
     for route in ROUTES:
         ours = [item for item in serve if item.route == route]
         theirs = [item for item in other if item.route == route]
@@ -395,6 +489,18 @@ def compare(serve: list[Round], name: str, other: list[Round]) -> None:
             f"{statistics.median(speed):.3f}",
         )
         print(row.format(*values))
+
+
+def report_spans(name: str, requests: int, received: Counter[str], dropped: float) -> None:
+    """What reached the receiver: the server spans per request sent (the sampled share) and
+    all spans per server span (the Redis calls' client spans come with them)."""
+    server = received["server"]
+    print(
+        f"  {name}: {requests} requests, {server} server spans received "
+        f"({server / max(requests, 1):.4f} per request), "
+        f"{received.total() / max(server, 1):.2f} spans per traced request, "
+        f"{dropped:.0f} dropped (trace_spans_dropped_total)"
+    )
 
 
 TABLE_ROW = "{:>5}  {:<13} {:>9} {:>7} {:>7} {:>8} {:>10}"
@@ -520,7 +626,16 @@ def main() -> int:
         help="also run FastAPI's tutorial (python-jose decode, no Redis) and the same with "
         "fastapi-limiter, and compare their /me with ours",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run serve with APP_TRACING=otlp sampled at 0.01 and at 1.0, each exporting to "
+        "an OTLP/HTTP receiver the bench runs, and compare their CPU per request with tracing "
+        "off (combines with --against and --peers)",
+    )
     args = parser.parse_args()
+    if args.tracing and (args.stock or args.soak or args.profile):
+        parser.error("--tracing runs rounds against serve; not with --stock, --soak or --profile")
     if args.soak and args.tokens == parser.get_default("tokens"):
         args.tokens = 20_000
     return benchmark(args)
