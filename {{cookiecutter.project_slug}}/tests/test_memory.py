@@ -86,8 +86,10 @@ SCOPES = frozenset({"read"})
 # memory.py), however many requests run. On the real app (HS256, RS256 and ES256 bakes) the
 # growth measured between -200 and +200 B; the leaky variant grows about 59 KiB a round
 # (some 1.2 KiB per user), about 118 KiB in the two counted rounds. Traced (HS256), it measured
-# 0 to 360 B with every span sent and 44 to 264 B with a stalled collector; the canary that keeps
-# every finished span grows about 1.9 MiB a round (some 690 spans of 2.8 KiB).
+# -16 B to 2.8 KiB with every span sent and -12 B to 3.0 KiB with a stalled collector (mostly
+# under 0.5 KiB; the larger ones had a second one-time step of about 4 KiB, the size of one
+# request's two spans); the canary that keeps every finished span grows about 1.9 MiB a round
+# (some 690 spans of 2.8 KiB).
 GROWTH_BOUND_BYTES = 8 * 1024
 MAX_SESSIONS = 5
 REJECTED_REQUESTS = 1000  # per batch in the Redis write test
