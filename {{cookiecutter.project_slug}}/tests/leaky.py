@@ -9,8 +9,9 @@ the detector to fail here; if it ever passes, the memory test has stopped biting
 The leak is added as pure ASGI middleware, so the routes, the answers and the workload are
 exactly those of the real service; only the retention differs. Call `forget_payloads()` after
 each use so the leak cannot outlive the test that wanted it. `create_leaky_remote_app` is the
-same idea for a remote issuer's keys: a cache keyed by every `kid` a token names, and
-`KeepRequestIds` for the logging path: a formatter that remembers every request id it formats.
+same idea for a remote issuer's keys: a cache keyed by every `kid` a token names,
+`KeepRequestIds` for the logging path: a formatter that remembers every request id it formats,
+and `keeping_tracer_provider` for traces: a span processor that keeps every span that ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from jose import jwt
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -117,7 +119,30 @@ class KeepRequestIds(JsonFormatter):
         return line
 
 
+# The fourth leak: every finished span, kept in the process ("for a page of recent traces").
+FINISHED_SPANS: list[ReadableSpan] = []
+
+
+class KeepFinishedSpans(SpanProcessor):
+    """Keeps each span as it ends, as the SDK's in-memory exporter does for tests: a span
+    processor next to the batch processor, without a bound. The batch processor's queue holds
+    a span until it is sent; this list holds it for the life of the process."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        FINISHED_SPANS.append(span)
+
+
+def keeping_tracer_provider(*args: Any, **kwargs: Any) -> TracerProvider:
+    """The SDK's tracer provider with `KeepFinishedSpans` in it; `Tracing.start` then adds its
+    batch processor as usual. A test puts this in place of `opentelemetry.sdk.trace.TracerProvider`,
+    the name `Tracing.start` looks up each time an app starts, so the app's code is unchanged."""
+    provider = TracerProvider(*args, **kwargs)
+    provider.add_span_processor(KeepFinishedSpans())
+    return provider
+
+
 def forget_payloads() -> None:
     PAYLOADS.clear()
     UNKNOWN_KIDS.clear()
     REQUEST_IDS.clear()
+    FINISHED_SPANS.clear()

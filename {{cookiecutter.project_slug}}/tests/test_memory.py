@@ -13,6 +13,13 @@ leak (`leaky.py`), a log formatter that keeps what it formats, and a metrics lab
 the raw path. The same pair runs for a remote issuer's keys (unknown kids and bad signatures
 by the hundred a round) with a canary that caches every kid it is asked about.
 
+The traced workload is the same auth workload with `APP_TRACING=otlp`: a server span per request
+and a client span per Redis call, sent by the real OTLP/HTTP exporter. Once to a collector that
+accepts (`otlp_collector.Collector`; each round ends with every span sent), once to one that never
+answers (`StalledCollector`), where the batch processor's queue fills in the first round and every
+span after that is dropped; the rule is the same, and so is its canary: a span processor that
+keeps every span that ends.
+
 The Redis side requires a TTL on every key, no key written by a rejected request, and a per-user
 session index that stays at its cap however often the user logs in.
 """
@@ -20,6 +27,7 @@ session index that stays at its cap however often the user logs in.
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import logging
 import os
@@ -33,6 +41,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from jose import jwt
+from opentelemetry.sdk.trace import TracerProvider
 from redis import Redis
 
 from {{ cookiecutter.package_name }} import metrics
@@ -52,6 +61,7 @@ from .issuers import (
 )
 from .jwks_server import KeyServer
 from .leaky import (
+    FINISHED_SPANS,
     PAYLOADS,
     REQUEST_IDS,
     UNKNOWN_KIDS,
@@ -59,8 +69,11 @@ from .leaky import (
     create_leaky_app,
     create_leaky_remote_app,
     forget_payloads,
+    keeping_tracer_provider,
 )
-from .memory import Rounds, assert_bounded, measure
+from .memory import Rounds, Workload, assert_bounded, measure
+from .otlp_collector import Collector, StalledCollector
+from .test_tracing import dropped
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +85,11 @@ SCOPES = frozenset({"read"})
 # How far traced memory may grow over the measured rounds (without their largest step, see
 # memory.py), however many requests run. On the real app (HS256, RS256 and ES256 bakes) the
 # growth measured between -200 and +200 B; the leaky variant grows about 59 KiB a round
-# (some 1.2 KiB per user), about 118 KiB in the two counted rounds.
+# (some 1.2 KiB per user), about 118 KiB in the two counted rounds. Traced (HS256), it measured
+# -16 B to 2.8 KiB with every span sent and -12 B to 3.0 KiB with a stalled collector (mostly
+# under 0.5 KiB; the larger ones had a second one-time step of about 4 KiB, the size of one
+# request's two spans); the canary that keeps every finished span grows about 1.9 MiB a round
+# (some 690 spans of 2.8 KiB).
 GROWTH_BOUND_BYTES = 8 * 1024
 MAX_SESSIONS = 5
 REJECTED_REQUESTS = 1000  # per batch in the Redis write test
@@ -306,6 +323,25 @@ async def test_canary_the_detector_catches_request_ids_kept_by_the_logs(
     assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
 
 
+@contextmanager
+def sdk_logs_to_null() -> Iterator[None]:
+    """The OpenTelemetry SDK's own warnings ("Queue full, dropping span.", one each 20 s at
+    most) written to the null device and not passed on to the root logger, as `json_logs` does
+    for the service's: pytest keeps every record it sees, so they would grow with the time a
+    round takes, not with its work."""
+    logger = logging.getLogger("opentelemetry")
+    propagate = logger.propagate
+    with open(os.devnull, "w") as null:
+        handler = logging.StreamHandler(null)
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
 def raw_path_route(scope: MutableMapping[str, Any]) -> str:
     """The classic metrics leak: the route label taken from the raw path."""
     path: str = scope["path"]
@@ -431,6 +467,139 @@ async def test_canary_the_detector_catches_a_cache_keyed_by_kid(
     with pytest.raises(AssertionError, match="memory grows with the workload"):
         assert_bounded(rounds, GROWTH_BOUND_BYTES)
     assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
+
+
+# The stalled collector's queue, small so that the first round fills it (a round makes about
+# 690 spans), and the batch the exporter waits on meanwhile.
+STALLED_QUEUE = 64
+STALLED_BATCH = 16
+
+
+@pytest.fixture
+def otel_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """`monkeypatch`, with every OTEL_* variable of the developer's shell removed, so that only
+    the test's apply (a stray OTEL_SDK_DISABLED or OTEL_BSP_* would change what is measured)."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.fixture
+def collector(otel_environment: pytest.MonkeyPatch) -> Iterator[Collector]:
+    """A collector that accepts every span; the batch processor's own defaults otherwise."""
+    with Collector() as collector:
+        otel_environment.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        yield collector
+
+
+@pytest.fixture
+def traced_settings(settings_for: Callable[..., Settings]) -> Settings:
+    return settings_for(tracing="otlp")
+
+
+def providers_made(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[..., TracerProvider] = TracerProvider
+) -> list[TracerProvider]:
+    """The SDK tracer providers made from now on, each by `make`: `Tracing.start` looks up
+    `opentelemetry.sdk.trace.TracerProvider` as the app starts, and gets this instead. The test
+    reaches the app's provider this way without a hook in the app."""
+    made: list[TracerProvider] = []
+
+    def record(*args: Any, **kwargs: Any) -> TracerProvider:
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr("opentelemetry.sdk.trace.TracerProvider", record)
+    return made
+
+
+class SentEachRound:
+    """A round of the workload, then every span it made sent and checked off at the collector.
+
+    The provider's `force_flush` sends what the batch processor still holds, so the snapshot
+    never sees a partly filled queue (how full depends on the exporter thread's timing, by up to
+    a batch of 512 spans). Every request must have reached the collector as a server span: none
+    dropped, none lost. Then the collector forgets them: what it received is the test's, not
+    the app's (and its file is not counted: the bytes of the last request stay in its thread).
+    """
+
+    def __init__(
+        self, workload: Workload, providers: list[TracerProvider], collector: Collector
+    ) -> None:
+        self.workload = workload
+        self.providers = providers
+        self.collector = collector
+
+    async def __call__(self, number: int) -> int:
+        requests = await self.workload(number)
+        (provider,) = self.providers  # the app's, made as it started
+        assert provider.force_flush(), "the spans of a round were not all sent"
+        servers = sum(span.kind == "server" for span in self.collector.spans())
+        assert servers == requests, f"{servers} server spans for {requests} requests"
+        self.collector.clear()
+        return requests
+
+
+async def measure_sent_app(
+    app: FastAPI, providers: list[TracerProvider], collector: Collector
+) -> Rounds:
+    """`measure_app` for a traced app whose spans go to `collector`, all of them each round."""
+    async with running(app) as client:
+        workload = SentEachRound(AuthWorkload(app, client), providers, collector)
+        return await measure(workload, not_counted=[__file__, inspect.getfile(Collector)])
+
+
+async def test_process_memory_stays_flat_with_every_span_sent_to_a_collector(
+    traced_settings: Settings, collector: Collector, otel_environment: pytest.MonkeyPatch
+) -> None:
+    """The auth workload traced, each span sent over OTLP/HTTP and accepted: nothing of a span
+    stays behind once it is sent (in the SDK, the exporter or the app), so no growth."""
+    providers = providers_made(otel_environment)
+    with json_logs(JsonFormatter()):
+        rounds = await measure_sent_app(create_app(traced_settings), providers, collector)
+    print(rounds.describe())
+    assert_bounded(rounds, GROWTH_BOUND_BYTES)
+
+
+async def test_canary_the_detector_catches_every_finished_span_kept(
+    traced_settings: Settings, collector: Collector, otel_environment: pytest.MonkeyPatch
+) -> None:
+    """The same traced workload, with a span processor that keeps every span that ends next to
+    the batch processor, must fail the rule."""
+    providers = providers_made(otel_environment, keeping_tracer_provider)
+    with json_logs(JsonFormatter()):
+        rounds = await measure_sent_app(create_app(traced_settings), providers, collector)
+    print(rounds.describe())
+    assert FINISHED_SPANS, "the leaky processor kept nothing: the canary exercised no leak"
+    with pytest.raises(AssertionError, match="memory grows with the workload"):
+        assert_bounded(rounds, GROWTH_BOUND_BYTES)
+    assert rounds.growth > 4 * GROWTH_BOUND_BYTES, rounds.describe()
+
+
+# Last of the measured tests: when the stalled collector closes, the exporter's thread retries
+# until the SDK's shutdown gives up on it (`SDK_SHUTDOWN_WAIT_SECONDS` in test_tracing.py), and
+# its warnings, exceptions attached, would be counted by a measurement running meanwhile.
+async def test_process_memory_stays_flat_while_a_stalled_collector_holds_the_queue_full(
+    traced_settings: Settings, otel_environment: pytest.MonkeyPatch
+) -> None:
+    """The exporter's first batch waits on a collector that never answers, for longer than the
+    test; the queue (`STALLED_QUEUE` spans) fills in the first warm-up round and stays full, each
+    new span pushing the oldest out, dropped and counted. What waits is that batch and a full
+    queue of the round's last spans, as many at every snapshot: no growth however many are
+    dropped."""
+    with StalledCollector() as stalled:
+        otel_environment.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", stalled.endpoint)
+        otel_environment.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3600")  # seconds
+        otel_environment.setenv("OTEL_BSP_MAX_QUEUE_SIZE", str(STALLED_QUEUE))
+        otel_environment.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", str(STALLED_BATCH))
+        dropped_before = dropped()
+        with json_logs(JsonFormatter()), sdk_logs_to_null():
+            rounds = await measure_app(create_app(traced_settings))
+        dropped_spans = dropped() - dropped_before
+    print(rounds.describe(), f"; {dropped_spans:.0f} spans dropped")
+    # Each request of the traced rounds makes a span at least, and the queue was full for all.
+    assert dropped_spans >= rounds.requests_per_round * len(rounds.sizes), dropped_spans
+    assert_bounded(rounds, GROWTH_BOUND_BYTES)
 
 
 def keys_of(redis: Redis, settings: Settings) -> set[str]:
