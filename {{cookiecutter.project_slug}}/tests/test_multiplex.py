@@ -8,8 +8,11 @@ database, TLS and Unix socket are honoured.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import random
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -126,6 +129,37 @@ async def test_a_caller_that_gives_up_never_receives_or_shifts_a_reply(
                 else:
                     assert await call == tag.encode()
             assert await echo(script, "next") == b"next"
+
+
+# Stands for what a request keeps in its context: its id, its span.
+REQUEST_STATE: contextvars.ContextVar[object] = contextvars.ContextVar("REQUEST_STATE")
+
+
+class RequestState:
+    pass
+
+
+async def test_the_shared_connection_keeps_nothing_of_the_request_that_opened_it(
+    redis_server: RedisServer,
+) -> None:
+    """The first caller opens the connection and arms its timer; both serve every later caller.
+    Callbacks and tasks copy the context they are made in: made in the caller's, the socket's
+    read callback would keep its state (a span and everything it points to) alive for as long
+    as the connection, and the timer until it fires."""
+    async with multiplexed(redis_server.url) as client:
+        script = client.register_script(ECHO)
+
+        async def request() -> weakref.ref[RequestState]:
+            state = RequestState()
+            REQUEST_STATE.set(state)
+            assert await echo(script, "first") == b"first"
+            return weakref.ref(state)
+
+        state = await asyncio.create_task(request())
+        await asyncio.sleep(0)  # the callback that woke this test holds the finished task
+        gc.collect()
+        assert state() is None, "the connection keeps the first request's context"
+        assert await echo(script, "still open") == b"still open"
 
 
 async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_recovers(

@@ -100,12 +100,16 @@ class RequestLog:
             if refusal is not None:
                 status = refusal["status"]
             route = metrics.route_of(scope)
-            metrics.observe_request(scope["method"], route, status, seconds)
-            if access_logger.isEnabledFor(logging.INFO):  # nothing built for no one
-                self.log(scope, status, seconds)
-            if span is not None:  # after the request line, which carries its ids
-                span.end(scope["method"], route, status)
-            REQUEST_ID.reset(reset)
+            # The span ends and the id is reset even if the count or the line raised (a log
+            # handler that fails, say): otherwise the task would keep both attached.
+            try:
+                metrics.observe_request(scope["method"], route, status, seconds)
+                if access_logger.isEnabledFor(logging.INFO):  # nothing built for no one
+                    self.log(scope, status, seconds)
+            finally:
+                if span is not None:  # after the request line, which carries its ids
+                    span.end(scope["method"], route, status)
+                REQUEST_ID.reset(reset)
 
     def log(self, scope: Scope, status: int, seconds: float) -> None:
         """The request line. The client is the one the rate limits see (`client_address`):

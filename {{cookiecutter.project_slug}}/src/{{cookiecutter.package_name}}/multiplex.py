@@ -35,6 +35,7 @@ for everything else and for Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import ssl
 from collections import deque
@@ -144,7 +145,12 @@ class Connection(asyncio.Protocol):
         waiter = self._loop.create_future()
         self._waiting.append((waiter, self._loop.time() + self._timeout))
         if not self._unsent:
-            self._loop.call_soon(self._flush)
+            # The connection's callbacks and its connect task run in a context of their own, as
+            # the outage watcher does: they serve every request, so none may carry the request
+            # that scheduled them (its id, its span) past its end. The watchdog re-arms itself
+            # from its own callback, which would otherwise keep the first request's context for
+            # the life of the connection.
+            self._loop.call_soon(self._flush, context=contextvars.Context())
         self._unsent.append(command)
         if self._watchdog is None:
             self._watch_oldest()
@@ -165,7 +171,9 @@ class Connection(asyncio.Protocol):
         if deadline <= self._loop.time():
             self.close(RedisTimeoutError, "Redis did not answer in time")
         else:
-            self._watchdog = self._loop.call_at(deadline, self._watch_oldest)
+            self._watchdog = self._loop.call_at(
+                deadline, self._watch_oldest, context=contextvars.Context()
+            )
 
     def close(self, error: type[RedisError], message: str) -> None:
         """Close the connection; every command still waiting fails with `error(message)`, a new
@@ -236,7 +244,7 @@ class MultiplexedRedis:
     async def _connect_shared(self) -> Connection:
         # A caller that is cancelled while waiting does not cancel the attempt for the others.
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting = asyncio.create_task(self._connect(), context=contextvars.Context())
             self._connecting.add_done_callback(self._connected)
         attempt = self._connecting
         try:
