@@ -207,7 +207,8 @@ class Settings(BaseSettings):
         if self.tracing == "otlp" and not has_tracing_sdk():
             raise ValueError(
                 "APP_TRACING=otlp needs the OpenTelemetry SDK and exporter: install the `otel` "
-                "extra (pip install '.[otel]'; make install includes it)"
+                "extra (pip install '.[otel]'; make install includes it; for the image, "
+                "docker build --build-arg EXTRA=otel, as compose.tracing.yaml does)"
             )
         return self
 
