@@ -30,6 +30,7 @@ from .conftest import make_settings, running
 from .helpers import PASSWORD, add_user, assert_invalid_token, bearer, login, me
 from .otlp_collector import Collector
 from .redis_cluster import RedisClusterServers
+from .test_multiplex import state_after
 from .test_processes import environment_for
 from .test_tracing import OTEL_VARIABLES
 
@@ -309,6 +310,28 @@ async def test_items_and_disable_user_on_the_cluster(
         assert result.stdout.decode().endswith("; ended 2 session(s)\n")
         for pair in pairs:
             assert_invalid_token(await me(client, pair["access_token"]))
+
+
+async def test_a_node_connection_keeps_nothing_of_the_request_that_opened_it(
+    cluster_settings: Settings,
+) -> None:
+    """On a cluster every request's scripts go through the nodes' pooled connections: one
+    opened by a request must not keep its context (see `test_multiplex.py`)."""
+    client = create_cluster_client(cluster_settings)
+    try:
+        opened: list[tuple[Any, int]] = []
+
+        async def request() -> None:  # the client's first: it discovers the nodes, too
+            await client.initialize()
+            node = client.get_default_node()
+            opened.append((node, await client.client_id(target_nodes=node)))
+
+        state = await state_after(request)
+        assert state() is None, "the node's connection keeps the first request's context"
+        ((node, connection_id),) = opened
+        assert await client.client_id(target_nodes=node) == connection_id  # still open
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -13,7 +13,7 @@ import gc
 import random
 import secrets
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.multiplex import MultiplexedRedis, Script
+from {{ cookiecutter.package_name }}.redis_clients import close_redis, create_redis
 
 from .conftest import make_settings, running
 from .helpers import add_user, bearer, login
@@ -139,6 +140,22 @@ class RequestState:
     pass
 
 
+async def state_after(call: Callable[[], Awaitable[object]]) -> weakref.ref[RequestState]:
+    """Run `call` in a task of its own whose context holds a `RequestState`, as a request's does;
+    a weak reference to that state once the task is over and the garbage collected."""
+
+    async def request() -> weakref.ref[RequestState]:
+        state = RequestState()
+        REQUEST_STATE.set(state)
+        await call()
+        return weakref.ref(state)
+
+    state = await asyncio.create_task(request())
+    await asyncio.sleep(0)  # the callback that woke this test holds the finished task
+    gc.collect()
+    return state
+
+
 async def test_the_shared_connection_keeps_nothing_of_the_request_that_opened_it(
     redis_server: RedisServer,
 ) -> None:
@@ -148,18 +165,28 @@ async def test_the_shared_connection_keeps_nothing_of_the_request_that_opened_it
     as the connection, and the timer until it fires."""
     async with multiplexed(redis_server.url) as client:
         script = client.register_script(ECHO)
-
-        async def request() -> weakref.ref[RequestState]:
-            state = RequestState()
-            REQUEST_STATE.set(state)
-            assert await echo(script, "first") == b"first"
-            return weakref.ref(state)
-
-        state = await asyncio.create_task(request())
-        await asyncio.sleep(0)  # the callback that woke this test holds the finished task
-        gc.collect()
+        state = await state_after(lambda: echo(script, "first"))
         assert state() is None, "the connection keeps the first request's context"
         assert await echo(script, "still open") == b"still open"
+
+
+async def test_a_pooled_connection_keeps_nothing_of_the_request_that_opened_it(
+    redis_server: RedisServer, key_files: dict[str, Path]
+) -> None:
+    """The pool's connections (logins, refreshes, readiness) are opened by whichever request
+    first finds none free, and then serve others for as long as they stay open."""
+    redis = create_redis(make_settings(redis_server.url, key_files))
+    try:
+        opened: list[int] = []
+
+        async def request() -> None:
+            opened.append(await redis.client_id())
+
+        state = await state_after(request)
+        assert state() is None, "the pooled connection keeps the first request's context"
+        assert await redis.client_id() == opened[0]  # the same connection, still open
+    finally:
+        await close_redis(redis)
 
 
 async def test_a_stalled_redis_fails_calls_with_a_timeout_and_the_next_call_recovers(

@@ -14,16 +14,19 @@ so each call goes to the one node that owns that slot. For failover without a cl
 What each client does when a primary fails over is in `failover.py`: a connection answered
 `READONLY` is dropped and the command sent once more on a new one; on a cluster, a write to a
 connection closed under it is a `ConnectionError`, never an `AttributeError` or `RuntimeError`.
+Every connection of either client opens in a context of its own (`FreshContext`), so none keeps
+the request that happened to open it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,6 +50,29 @@ MAX_IN_FLIGHT = 1024
 PING_ERRORS = (RedisError, OSError, TimeoutError)
 
 
+class FreshContext(AbstractConnection):
+    """A redis-py connection that opens its socket in an empty context (mixed in before a
+    redis-py connection class).
+
+    asyncio runs every callback in the context it was made in, and the socket's read callback
+    is made while connecting, then lives as long as the connection. Opened from a request's
+    task, it would keep that request's context (its request id, its span and what the span
+    holds) reachable from the event loop until the connection closes: the pool's first
+    requests, for as long as the process runs. `multiplex.py` opens its connection the same way.
+    """
+
+    async def _connect(self) -> None:
+        # Cancelling the caller (a timeout) cancels the task it waits for. redis-py declares
+        # `_connect` abstract and untyped here; the class this is mixed before defines it.
+        connect = super()._connect()  # type: ignore[no-untyped-call, safe-super]
+        await asyncio.create_task(connect, context=contextvars.Context())
+
+
+def connection_class(mixin: type[Any], base: type[Any]) -> type[Any]:
+    """`base` (TCP, TLS or a Unix socket, as the URL says) with `mixin` and `FreshContext`."""
+    return with_mixin(FreshContext, with_mixin(mixin, base))
+
+
 def create_redis(settings: Settings) -> RedisClient:
     """A client over a bounded pool; callers wait at most the timeout for a free connection.
 
@@ -57,7 +83,7 @@ def create_redis(settings: Settings) -> RedisClient:
     timeout = settings.redis_timeout_seconds
     options: dict[str, Any] = dict(parse_url(settings.redis_url))  # as `from_url` reads it
     # TCP, TLS or a Unix socket, as the URL says, closing itself on a READONLY reply.
-    options["connection_class"] = with_mixin(
+    options["connection_class"] = connection_class(
         DropOnReadOnly, options.get("connection_class", Connection)
     )
     pool = BlockingConnectionPool(
@@ -92,7 +118,8 @@ class ClusterClient(RedisCluster):
         self._check_writers()
 
     def _check_writers(self) -> None:
-        """Make every node's connections `CheckWriter`s (see `failover.py`).
+        """Make every node's connections `CheckWriter`s (see `failover.py`), opened in a
+        context of their own (`FreshContext`).
 
         RedisCluster takes no connection class: it picks TCP or TLS itself and hands it to each
         node, through the keyword arguments it shares with its node manager (for the nodes it
@@ -103,7 +130,7 @@ class ClusterClient(RedisCluster):
         shared = self.nodes_manager.connection_kwargs
         if shared is not self.connection_kwargs or "connection_class" not in shared:
             raise TypeError("redis-py's cluster client no longer shares its connection class")
-        shared["connection_class"] = with_mixin(CheckWriter, shared["connection_class"])
+        shared["connection_class"] = connection_class(CheckWriter, shared["connection_class"])
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = shared["connection_class"]
 
