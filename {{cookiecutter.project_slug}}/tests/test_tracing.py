@@ -17,8 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 
+from {{ cookiecutter.package_name }} import metrics
+from {{ cookiecutter.package_name }}.logs import REQUEST_ID
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -284,6 +287,27 @@ async def test_a_redis_outage_makes_error_spans_named_by_class_only(
     assert call.status == "error"
     assert call.attributes["error.type"].isidentifier(), call.attributes  # a class name
     assert set(call.attributes) == REDIS_ATTRIBUTES | {"error.type"}
+
+
+async def test_a_request_whose_count_raises_still_ends_its_span_and_restores_the_context(
+    traced: Settings, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the app has answered, the middleware counts the request and writes its line; if
+    either raises (a log handler that fails, say), the span still ends and the request id and
+    the span are no longer current. The in-process client runs the app in this test's own task,
+    so what the middleware leaves set here, it would leave set in a server's task."""
+
+    def failing(method: str, route: str, status: int, seconds: float) -> None:
+        raise RuntimeError("the request count failed")
+
+    monkeypatch.setattr(metrics, "observe_request", failing)
+    async with running(create_app(traced)) as client:
+        with pytest.raises(RuntimeError, match="the request count failed"):
+            await client.get("/health/live")
+        assert REQUEST_ID.get() is None
+        assert not trace.get_current_span().get_span_context().is_valid
+    (span,) = server_spans(collector.spans())  # ended, so exported
+    assert span.name == "GET /health/live"
 
 
 async def test_a_stalled_collector_costs_requests_nothing_and_its_dropped_spans_are_counted(
