@@ -17,6 +17,7 @@ from .redis_server import RedisServer
 MASTERS = 3
 FORM_TIMEOUT_SECONDS = 20
 POLL_SECONDS = 0.05
+MAX_NAMES = 10_000  # tried by `users_by_primary`: with three primaries, a few dozen suffice
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +102,14 @@ class RedisClusterServers:
         self.wait_until_formed()
 
     def wait_until_formed(self) -> None:
-        """Every node reports `cluster_state:ok`, and every replica has its primary's data."""
+        """Every node reports `cluster_state:ok`, the first node sees every replica as one (a
+        replica is a primary without slots until the others learn its role), and every replica
+        has its primary's data."""
         self.wait_until(
             lambda: (
                 all("cluster_state:ok" in self.cluster_info(node.port) for node in self.nodes)
-                and all(self.replica_in_sync(port) for port in self.replica_ports())
+                and len(replicas := self.replica_ports()) == MASTERS * self.replicas
+                and all(self.replica_in_sync(port) for port in replicas)
             ),
             "the Redis Cluster did not form",
             FORM_TIMEOUT_SECONDS,
@@ -163,10 +167,13 @@ class RedisClusterServers:
     def users_by_primary(self, per_primary: int, prefix: str) -> dict[int, list[str]]:
         """`per_primary` user names (`prefix` and a number) for each primary, by its port: the
         slot of each name's hash tag (`{name}`) is one the primary owns."""
-        ports = {node.port for node in self.view(self.live_ports()[0]) if node.is_primary}
+        view = self.view(self.live_ports()[0])
+        ports = {node.port for node in view if node.is_primary and node.slots}
         users: dict[int, list[str]] = {port: [] for port in ports}
         number = 0
         while any(len(names) < per_primary for names in users.values()):
+            if number > MAX_NAMES:  # a primary owns no slot after all: fail, never hang
+                raise AssertionError(f"no {per_primary} names for each primary of {view}")
             name = f"{prefix}{number}"
             names = users[self.primary_port(key_slot(name.encode()))]
             if len(names) < per_primary:
