@@ -27,6 +27,11 @@ NO_REDIS = (
 START_TIMEOUT_SECONDS = 10
 CLUSTER_BUS_PORT_OFFSET = 10000  # a cluster node also listens on its port + 10000
 MAX_PORT = 65535
+PORT_ATTEMPTS = 3  # ports tried by a first start (see `RedisServer.start`)
+
+
+class PortTakenError(RuntimeError):
+    """redis-server exited at start because its port was no longer free."""
 
 
 def free_port() -> int:
@@ -85,6 +90,7 @@ class RedisServer:
         self.socket_path = self.directory / "redis.sock" if unix_socket else None
         self.config = list(config)
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False  # once started, the port is the server's: a restart keeps it
 
     @property
     def url(self) -> str:
@@ -100,6 +106,21 @@ class RedisServer:
         return f"unix://{auth}{self.socket_path}"
 
     def start(self) -> None:
+        """Start the server. The port was free when chosen, but another process (or another
+        node's cluster bus, port + 10000) may have taken it since: the first start then moves
+        to a new port, a few times at most."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start()
+            except PortTakenError:
+                if self.started or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_cluster_port() if self.cluster else free_port()
+                continue
+            self.started = True
+            return
+
+    def _start(self) -> None:
         command = [
             self.binary,
             "--port", str(self.port),
@@ -124,7 +145,21 @@ class RedisServer:
             command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         command += self.config
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        self.wait_until_ready()
+        try:
+            self.wait_until_ready()
+        except RuntimeError:
+            taken = not self.ports_free()
+            self.stop()
+            if taken:
+                raise PortTakenError(f"port {self.port} or its bus port was taken") from None
+            raise
+
+    def ports_free(self) -> bool:
+        """Whether the server's port (and, in a cluster, its bus port) can be bound now."""
+        ports = [self.port]
+        if self.cluster:
+            ports.append(self.port + CLUSTER_BUS_PORT_OFFSET)
+        return all(is_free(port) for port in ports)
 
     def wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -178,6 +213,9 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is None:
+            return
+        if self.process.poll() is not None:  # it has exited (and is reaped): nothing to signal
+            self.process = None
             return
         self.resume()  # a stopped process cannot act on SIGTERM
         self.process.terminate()
