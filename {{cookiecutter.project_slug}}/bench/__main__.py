@@ -9,6 +9,8 @@
     python -m bench --tracing        # also serve with APP_TRACING=otlp, sampled at 0.01 and at
                                      # 1.0, each exporting to an OTLP receiver the bench runs
     python -m bench --profile        # where each route's CPU goes, stage by stage (py-spy)
+    python -m bench --instructions   # also each server's instructions per request (callgrind):
+                                     # a cost too small for the machine's noise, shown exactly
 
 It starts the service (one uvicorn worker) against `APP_REDIS_URL` when set, otherwise against a
 throwaway redis-server; creates a user; gets many distinct access tokens (a few logins, then
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ from tests.traffic import CLIENT_KEEP_ALIVE_SECONDS
 
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from . import stages
+from . import instructions, stages
 
 if TYPE_CHECKING:
     from tests.otlp_collector import Collector
@@ -74,12 +76,19 @@ class Round:
     p99_ms: float
     rss_mib: float
     cpu_us_per_request: float  # the server's own CPU time: robust on a busy machine
+    user_us_per_request: float  # the part in user mode (not the kernel's work for it)
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time the process has used, seconds (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used (from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time the process has used."""
+    return sum(cpu_times(pid))
 
 
 def rss_mib(pid: int) -> float:
@@ -206,6 +215,7 @@ def pooled(rounds: dict[str, list[Round]], name: str) -> list[Round]:
             (a.p99_ms + b.p99_ms) / 2,
             (a.rss_mib + b.rss_mib) / 2,
             (a.cpu_us_per_request + b.cpu_us_per_request) / 2,
+            (a.user_us_per_request + b.user_us_per_request) / 2,
         )
         for a, b in zip(rounds[name], second, strict=True)
     ]
@@ -265,12 +275,18 @@ def service_environment(redis: str, workdir: Path) -> dict[str, str]:
 
 @contextmanager
 def service(
-    env: dict[str, str], workdir: Path, name: str = "serve", command: list[str] = SERVE
+    env: dict[str, str],
+    workdir: Path,
+    name: str = "serve",
+    command: list[str] = SERVE,
+    wrapper: Sequence[str] = (),
+    patience: float = 20,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """One server process (one uvicorn worker) on a free port, until the block ends."""
+    """One server process (one uvicorn worker) on a free port, until the block ends; run by
+    `wrapper` (e.g. valgrind) when given. `patience`: seconds it may take to start, or to stop."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, *command, str(port)],
+        [*wrapper, sys.executable, *command, str(port)],
         env={**env, "PYTHONOPTIMIZE": "1"},
         cwd=workdir,
         stdout=subprocess.DEVNULL,
@@ -278,7 +294,7 @@ def service(
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + patience
         while True:
             try:
                 httpx.get(f"{base_url}/health/live", timeout=1)
@@ -290,7 +306,7 @@ def service(
         yield process, base_url
     finally:
         process.terminate()
-        process.wait(timeout=15)
+        process.wait(timeout=patience)
 
 
 def signing_settings(workdir: Path) -> dict[str, str]:
@@ -404,10 +420,12 @@ def measure(
     process: subprocess.Popen[bytes], url: str, tokens: Tokens, args: argparse.Namespace
 ) -> Round:
     """One round of load on one route of one server."""
-    cpu_before = cpu_seconds(process.pid)
+    user_before, system_before = cpu_times(process.pid)
     total, rate, p50, p99 = load(url, *tokens, args.seconds, args.connections)
-    cpu_us = (cpu_seconds(process.pid) - cpu_before) * 1e6 / max(total, 1)
-    return Round(urlsplit(url).path, total, rate, p50, p99, rss_mib(process.pid), cpu_us)
+    user, system = cpu_times(process.pid)
+    user_us = (user - user_before) * 1e6 / max(total, 1)
+    cpu_us = user_us + (system - system_before) * 1e6 / max(total, 1)
+    return Round(urlsplit(url).path, total, rate, p50, p99, rss_mib(process.pid), cpu_us, user_us)
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -495,7 +513,90 @@ def benchmark(args: argparse.Namespace) -> int:
         for route in ROUTES:
             url = f"{running['serve'][1]}{route}"
             print(f"  {route:<13} {commands_per_request(redis, url, *tokens, 4)}")
+        if args.instructions:
+            servers_run = {name: (commands[name], environments[name]) for name in names}
+            base_user = {  # in user mode: what callgrind counts is the process's own work
+                route: statistics.median(
+                    item.user_us_per_request for item in pooled(rounds, base) if item.route == route
+                )
+                for route in ROUTES
+            }
+            counted = count_all(servers_run, traced, workdir, token_list, args)
+            report_instructions(counted, base, base_label, base_user)
     return 0
+
+
+def count_all(
+    servers_run: dict[str, tuple[list[str], dict[str, str]]],
+    traced: dict[str, tuple[dict[str, str], Collector]],
+    workdir: Path,
+    tokens: list[str],
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """`--instructions`: each server of the run (command, settings) again under callgrind, one
+    at a time (the others have stopped but `serve`, which idles: callgrind counts only the
+    server it runs); name -> route -> instructions per request."""
+    counted = {}
+    for number, (name, (command, env)) in enumerate(servers_run.items()):
+        if name.endswith(SECOND):  # a count does not depend on the start order
+            continue
+        output = workdir / f"callgrind-{number}.out"
+        counted[name] = count_instructions(env, workdir, name, command, tokens, args, output)
+        if name in traced:
+            traced[name][1].take()  # what its receiver holds is no longer needed
+    return counted
+
+
+def count_instructions(
+    env: dict[str, str],
+    workdir: Path,
+    name: str,
+    command: list[str],
+    tokens: list[str],
+    args: argparse.Namespace,
+    output: Path,
+) -> dict[str, float]:
+    """`--instructions`: one server started again under callgrind; its instructions per
+    request on each route (see bench/instructions.py)."""
+    wrapper = instructions.under_callgrind(output)
+    env = env | instructions.SETTINGS
+    with service(env, workdir, name, command, wrapper, instructions.START_SECONDS) as started:
+        process, url = started
+        return {
+            route: instructions.per_request(
+                process.pid, url + route, tokens, args.connections, output, dumps
+            )
+            for dumps, route in enumerate(ROUTES)
+        }
+
+
+def report_instructions(
+    counted: dict[str, dict[str, float]], base: str, base_label: str, base_cpu: dict[str, float]
+) -> None:
+    """Each server's instructions per request, then what each adds to the base: in
+    instructions, as a share of the base's, and as that share of the base's CPU time."""
+    print(
+        f"\ninstructions per request (callgrind, {instructions.REQUESTS} requests per route, "
+        "one server at a time):"
+    )
+    row = "  {:<40}" + " {:>14}" * len(ROUTES)
+    print(row.format("server", *ROUTES))
+    for name, by_route in counted.items():
+        print(row.format(name, *(f"{by_route[route]:,.0f}" for route in ROUTES)))
+    print(
+        f"\nadded to {base}'s, per request: instructions, their share of {base}'s, and that "
+        f"share of {base_label}'s CPU time in user mode (its median over the rounds)"
+    )
+    row = "  {:<40} {:<13} {:>12} {:>8} {:>16}"
+    print(row.format("server", "route", "instructions", "share", "user CPU us"))
+    for name, by_route in counted.items():
+        if name == base:
+            continue
+        for route in ROUTES:
+            added = by_route[route] - counted[base][route]
+            share = added / counted[base][route]
+            cpu = f"{share * base_cpu[route]:+.1f} of {base_cpu[route]:.0f}"
+            print(row.format(name, route, f"{added:+,.0f}", f"{share:+.1%}", cpu))
 
 
 TRACED = ("traced", "off")
@@ -512,20 +613,22 @@ def compare(
     """What the first server costs over the other, per route: medians of the per-round figures
     (the two ran the same round back to back, so a pair shares the machine's mood)."""
     print(f"\n{name} against {other_name}, per route (median over rounds):")
-    row = "  {:<13} {:>14} {:>14} {:>14} {:>12}"
-    headings = (f"CPU us {labels[0]}", f"CPU us {labels[1]}", "added (pairs)", "req/s ratio")
-    print(row.format("route", *headings))
+    row = "  {:<13} {:>14} {:>14} {:>14} {:>11} {:>12}"
+    headings = (f"CPU us {labels[0]}", f"CPU us {labels[1]}", "added (pairs)", "of it user")
+    print(row.format("route", *headings, "req/s ratio"))
     for route in ROUTES:
         ours = [item for item in serve if item.route == route]
         theirs = [item for item in other if item.route == route]
         pairs = list(zip(ours, theirs, strict=True))
         added = [a.cpu_us_per_request - b.cpu_us_per_request for a, b in pairs]
+        user = [a.user_us_per_request - b.user_us_per_request for a, b in pairs]
         speed = [a.requests_per_second / b.requests_per_second for a, b in pairs]
         values = (
             route,
             f"{statistics.median(item.cpu_us_per_request for item in ours):.1f}",
             f"{statistics.median(item.cpu_us_per_request for item in theirs):.1f}",
             f"{statistics.median(added):+.1f}",
+            f"{statistics.median(user):+.1f}",
             f"{statistics.median(speed):.3f}",
         )
         print(row.format(*values))
@@ -673,7 +776,18 @@ def main() -> int:
         "an OTLP/HTTP receiver the bench runs, and compare their CPU per request with tracing "
         "off (combines with --against and --peers)",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="after the rounds, run each server again under valgrind's callgrind and count "
+        "the instructions it executes per request: exact where CPU time is noisy (see "
+        "bench/instructions.py)",
+    )
     args = parser.parse_args()
+    if args.instructions and (args.soak or args.profile):
+        parser.error("--instructions counts after the rounds; not with --soak or --profile")
+    if args.instructions:
+        instructions.tools()  # fail before the rounds if valgrind is missing
     if args.tracing and (args.stock or args.soak or args.profile):
         parser.error("--tracing runs rounds against serve; not with --stock, --soak or --profile")
     if args.soak and args.tokens == parser.get_default("tokens"):
