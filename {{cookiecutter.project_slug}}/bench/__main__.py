@@ -596,7 +596,7 @@ def report_instructions(
             added = by_route[route] - counted[base][route]
             share = added / counted[base][route]
             cpu = f"{share * base_cpu[route]:+.1f} of {base_cpu[route]:.0f}"
-            print(row.format(name, route, f"{added:+,.0f}", f"{share:+.1%}", cpu))
+            print(row.format(name, route, f"{added:+,.0f}", f"{share * 100:+.1f} %", cpu))
 
 
 TRACED = ("traced", "off")
