@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -185,6 +186,36 @@ async def test_a_pooled_connection_keeps_nothing_of_the_request_that_opened_it(
         state = await state_after(request)
         assert state() is None, "the pooled connection keeps the first request's context"
         assert await redis.client_id() == opened[0]  # the same connection, still open
+    finally:
+        await close_redis(redis)
+
+
+async def test_a_caller_cancelled_as_its_pooled_connection_opens_leaves_it_closed(
+    redis_server: RedisServer, key_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout can cancel the caller in the very turn the socket opened, before redis-py's
+    handshake ran (AUTH, SELECT, the reply parser). A connection so left must be closed, not
+    go back to the pool, where every later call on it would fail with an AttributeError."""
+    open_socket = Connection._connect
+    callers: list[asyncio.Task[bool]] = []
+
+    async def open_then_cancel_the_caller(self: Connection) -> None:
+        await open_socket(self)  # type: ignore[no-untyped-call]
+        if callers:
+            asyncio.get_running_loop().call_soon(callers.pop().cancel)
+
+    monkeypatch.setattr(Connection, "_connect", open_then_cancel_the_caller)
+    redis = create_redis(make_settings(redis_server.url, key_files, redis_max_connections=1))
+
+    async def ping() -> bool:
+        return bool(await redis.ping())
+
+    try:
+        caller = asyncio.create_task(ping())
+        callers.append(caller)
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert await redis.ping()  # on a new connection
     finally:
         await close_redis(redis)
 

@@ -65,7 +65,15 @@ class FreshContext(AbstractConnection):
         # Cancelling the caller (a timeout) cancels the task it waits for. redis-py declares
         # `_connect` abstract and untyped here; the class this is mixed before defines it.
         connect = super()._connect()  # type: ignore[no-untyped-call, safe-super]
-        await asyncio.create_task(connect, context=contextvars.Context())
+        connecting = asyncio.create_task(connect, context=contextvars.Context())
+        try:
+            await connecting
+        except asyncio.CancelledError:
+            # Cancelled in the turn the socket opened: redis-py would skip the handshake (AUTH,
+            # SELECT, the reply parser) yet keep the socket, and the pool would hand it out.
+            if connecting.done() and not connecting.cancelled() and not connecting.exception():
+                await self.disconnect(nowait=True)
+            raise
 
 
 def connection_class(mixin: type[Any], base: type[Any]) -> type[Any]:
