@@ -8,7 +8,7 @@ apart, either way round. A difference smaller than that cannot be shown with it.
 Instructions executed do not move so. valgrind's callgrind runs the server on a simulated CPU
 and counts every instruction it executes, in every thread: the same code answering the same
 requests gives the same count, whatever else the machine is doing (two copies of the same server
-came out 0.1 % apart). An instruction is not a unit of time (a cache miss costs more than an
+came out within 1 %). An instruction is not a unit of time (a cache miss costs more than an
 addition), but what one build adds to another of the same code is mostly more of the same kind
 of work, Python bytecode, so its share converts to time at the base's own rate:
 

@@ -147,8 +147,9 @@ class RedisServer:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         try:
             self.wait_until_ready()
-        except RuntimeError:
-            taken = not self.ports_free()
+        except RuntimeError:  # it exited, or did not answer in time
+            exited = self.process is not None and self.process.poll() is not None
+            taken = exited and not self.ports_free()
             self.stop()
             if taken:
                 raise PortTakenError(f"port {self.port} or its bus port was taken") from None
